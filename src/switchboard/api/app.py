@@ -1,0 +1,373 @@
+"""The control and records planes: an HTTPS JSON API for hosts, host apps and billing.
+
+It runs in the same process and event loop as the relay (uvicorn is started by
+:mod:`switchboard.node` on the shared TLS context), so ending a meeting here
+ends it in the relay directly, and the response is sent only after the call
+record is committed.
+
+Authentication is a bearer token: a host *session* (``sbs_...``, from
+``POST /v1/sessions``) or an *API key* (``sbk_...``, from ``switchboard apikey
+create``). An API key can do exactly what its scopes say (``cdr:read``: read
+records) and nothing else; a host session sees only its own meetings and
+records.
+"""
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from ..clock import Clock
+from ..config import Settings
+from ..core import tokens
+from ..core.records import EndReason, iso_utc
+from ..errors import (
+    AuthError,
+    Forbidden,
+    InvalidRequest,
+    MeetingEnded,
+    NotFound,
+    SessionExpired,
+    SwitchboardError,
+)
+from ..passwords import Passwords
+from ..relay.hub import Hub
+from ..store import Invitation, MeetingRow, Store, StoredRecord
+from .schemas import (
+    CallRecordOut,
+    CallRecordPage,
+    EndMeetingOut,
+    ErrorOut,
+    InvitationCreate,
+    InvitationCreated,
+    InvitationOut,
+    MeetingOut,
+    SessionCreate,
+    SessionOut,
+)
+
+__all__ = ["MAX_BODY_BYTES", "Principal", "Services", "create_app"]
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body the API reads."""
+
+SCOPE_CDR_READ = "cdr:read"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the API needs, built once by the composition root."""
+
+    settings: Settings
+    store: Store
+    hub: Hub
+    passwords: Passwords
+    clock: Clock
+    join_url: str
+    """The wss URL clients present invitations to (``.../v1/ws``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a host (by session) or an API key with scopes."""
+
+    host_id: str | None
+    scopes: frozenset[str]
+    session_digest: bytes | None = None
+
+
+class _BodyLimit:
+    """Refuse request bodies over :data:`MAX_BODY_BYTES` before anything reads them."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and int(value or 0) > MAX_BODY_BYTES:
+                await _too_large(send)
+                return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    body = b'{"error":"body_too_large","reason":"request bodies are limited to 65536 bytes"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _iso(value: float | None) -> str | None:
+    return None if value is None else iso_utc(value)
+
+
+def _record_out(stored: StoredRecord) -> CallRecordOut:
+    return CallRecordOut(cursor=stored.seq, **stored.record.to_dict())
+
+
+def _invitation_out(inv: Invitation) -> dict[str, Any]:
+    return {
+        "invitation_id": inv.invitation_id,
+        "meeting_id": inv.meeting_id,
+        "role": inv.role,
+        "created_at": iso_utc(inv.created_at),
+        "expires_at": iso_utc(inv.expires_at),
+        "max_uses": inv.max_uses,
+        "uses": inv.uses,
+        "revoked": inv.revoked,
+    }
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the API application around ``services``."""
+    settings, store, hub, clock = services.settings, services.store, services.hub, services.clock
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorOut},
+        403: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+    }
+    app = FastAPI(
+        title="switchboard",
+        version=__version__,
+        summary="Control and records API of a real-time meeting relay.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(SwitchboardError)
+    async def _answer(_: Request, exc: SwitchboardError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return JSONResponse(
+            {"error": exc.code, "reason": exc.reason}, status_code=exc.http_status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse(
+            {"error": "invalid_request", "reason": "the request is not valid", "details": details},
+            status_code=422,
+        )
+
+    async def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("send 'Authorization: Bearer <session token or API key>'")
+        token = token.strip()
+        kind = tokens.kind_of(token)
+        now = clock.wall()
+        if kind is tokens.TokenKind.SESSION:
+            digest = tokens.digest(token)
+            session = await store.use_session(
+                digest, now, settings.session_idle_timeout, settings.session_max_lifetime
+            )
+            if session is None:
+                raise SessionExpired("the session is unknown or expired; sign in again")
+            return Principal(session.host_id, frozenset(), digest)
+        if kind is tokens.TokenKind.API_KEY:
+            key = await store.use_api_key(tokens.digest(token), now)
+            if key is None:
+                raise AuthError("unknown or revoked API key")
+            return Principal(None, key.scopes)
+        raise AuthError("not a switchboard session token or API key")
+
+    async def host(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if who.host_id is None:
+            raise Forbidden("this API key may not manage meetings", code="scope_missing")
+        return who
+
+    Host = Annotated[Principal, Depends(host)]
+
+    async def own_meeting(meeting_id: str, who: Host) -> MeetingRow:
+        meeting = await store.get_meeting(meeting_id)
+        if meeting is None or meeting.host_id != who.host_id:
+            raise NotFound("no such meeting")
+        return meeting
+
+    OwnMeeting = Annotated[MeetingRow, Depends(own_meeting)]
+
+    def meeting_out(row: MeetingRow) -> MeetingOut:
+        room = hub.rooms.get(row.meeting_id)
+        return MeetingOut(
+            meeting_id=row.meeting_id,
+            host_id=row.host_id,
+            state=row.state,
+            created_at=iso_utc(row.created_at),
+            started_at=_iso(row.started_at),
+            ended_at=_iso(row.ended_at),
+            participants=len(room.conns) if room is not None else 0,
+        )
+
+    @app.get("/v1/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Needs no credentials."""
+        return {"status": "ok"}
+
+    @app.post("/v1/sessions", status_code=201, tags=["hosts"], responses=errors)
+    async def sign_in(body: SessionCreate) -> SessionOut:
+        """Sign in as a host with email and password; returns a session token."""
+        account = await store.host_by_email(body.email)
+        ok = await services.passwords.verify(
+            account.password_hash if account else None, body.password
+        )
+        if not ok or account is None:
+            raise AuthError("wrong email or password", code="invalid_credentials")
+        if services.passwords.needs_rehash(account.password_hash):
+            await store.set_password_hash(
+                account.host_id, await services.passwords.hash(body.password)
+            )
+        token, digest = tokens.mint(tokens.TokenKind.SESSION)
+        session = await store.create_session(account.host_id, digest, clock.wall())
+        times = tokens.SessionTimes(
+            session.created_at,
+            session.last_used_at,
+            settings.session_idle_timeout,
+            settings.session_max_lifetime,
+        )
+        return SessionOut(
+            token=token,
+            host_id=account.host_id,
+            expires_at=iso_utc(times.expires_at()),
+            idle_timeout_seconds=settings.session_idle_timeout,
+            max_lifetime_seconds=settings.session_max_lifetime,
+        )
+
+    @app.delete("/v1/sessions/current", status_code=204, tags=["hosts"], responses=errors)
+    async def sign_out(who: Host) -> Response:
+        """End the session used for this call."""
+        if who.session_digest is not None:
+            await store.delete_session(who.session_digest)
+        return Response(status_code=204)
+
+    @app.post("/v1/meetings", status_code=201, tags=["meetings"], responses=errors)
+    async def create_meeting(who: Host) -> MeetingOut:
+        """Create a meeting. It goes live when the first invitee joins."""
+        assert who.host_id is not None
+        return meeting_out(await store.create_meeting(who.host_id, clock.wall()))
+
+    @app.get("/v1/meetings", tags=["meetings"], responses=errors)
+    async def list_meetings(who: Host) -> list[MeetingOut]:
+        """The signed-in host's meetings, newest first."""
+        assert who.host_id is not None
+        return [meeting_out(row) for row in await store.list_meetings(who.host_id)]
+
+    @app.get("/v1/meetings/{meeting_id}", tags=["meetings"], responses=errors)
+    async def get_meeting(meeting: OwnMeeting) -> MeetingOut:
+        """One of the host's meetings."""
+        return meeting_out(meeting)
+
+    @app.post(
+        "/v1/meetings/{meeting_id}/invitations",
+        status_code=201,
+        tags=["meetings"],
+        responses={**errors, 410: {"model": ErrorOut}},
+    )
+    async def invite(meeting: OwnMeeting, body: InvitationCreate) -> InvitationCreated:
+        """Issue an invitation. Its token is in this response only."""
+        if meeting.state == "ended":
+            raise MeetingEnded("the meeting has ended; create a new one")
+        ttl = settings.invitation_ttl if body.expires_in is None else body.expires_in
+        if ttl > settings.invitation_max_ttl:
+            raise InvalidRequest(f"expires_in may be at most {settings.invitation_max_ttl:g}")
+        if body.max_uses > settings.invitation_max_uses:
+            raise InvalidRequest(f"max_uses may be at most {settings.invitation_max_uses}")
+        now = clock.wall()
+        token, digest = tokens.mint(tokens.TokenKind.INVITATION)
+        inv = await store.create_invitation(
+            meeting.meeting_id,
+            body.role,
+            digest,
+            now=now,
+            expires_at=now + ttl,
+            max_uses=body.max_uses,
+        )
+        return InvitationCreated(**_invitation_out(inv), token=token, join_url=services.join_url)
+
+    @app.get("/v1/meetings/{meeting_id}/invitations", tags=["meetings"], responses=errors)
+    async def list_invitations(meeting: OwnMeeting) -> list[InvitationOut]:
+        """A meeting's invitations (without tokens)."""
+        return [
+            InvitationOut(**_invitation_out(inv))
+            for inv in await store.list_invitations(meeting.meeting_id)
+        ]
+
+    @app.delete(
+        "/v1/meetings/{meeting_id}/invitations/{invitation_id}",
+        status_code=204,
+        tags=["meetings"],
+        responses=errors,
+    )
+    async def revoke(meeting: OwnMeeting, invitation_id: str) -> Response:
+        """Revoke an invitation: no one can join with it any more."""
+        if not await store.revoke_invitation(meeting.meeting_id, invitation_id):
+            raise NotFound("no such invitation")
+        return Response(status_code=204)
+
+    @app.post("/v1/meetings/{meeting_id}/end", tags=["meetings"], responses=errors)
+    async def end(meeting: OwnMeeting) -> EndMeetingOut:
+        """End the meeting for everyone. Answers after the call record is committed."""
+        stored = await hub.end_meeting(meeting.meeting_id, EndReason.HOST_ENDED)
+        if stored is None:
+            await store.meeting_ended(meeting.meeting_id, clock.wall())
+            stored = await store.get_record(meeting.meeting_id)
+        row = await store.get_meeting(meeting.meeting_id)
+        assert row is not None
+        return EndMeetingOut(
+            meeting=meeting_out(row), record=_record_out(stored) if stored else None
+        )
+
+    @app.get("/v1/cdrs", tags=["records"], responses=errors)
+    async def list_cdrs(
+        who: Annotated[Principal, Depends(principal)],
+        after: Annotated[int, Query(ge=0, description="cursor: records after this one")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> CallRecordPage:
+        """Call-detail records in commit order.
+
+        With an API key that has ``cdr:read``: every host's records. With a host
+        session: that host's records only.
+        """
+        if who.host_id is None and SCOPE_CDR_READ not in who.scopes:
+            raise Forbidden(f"this API key lacks the {SCOPE_CDR_READ} scope", code="scope_missing")
+        rows = await store.list_records(after=after, limit=limit, host_id=who.host_id)
+        return CallRecordPage(
+            records=[_record_out(r) for r in rows], next_cursor=rows[-1].seq if rows else after
+        )
+
+    app.add_middleware(_BodyLimit)
+    return app

@@ -1,0 +1,287 @@
+"""The ``switchboard`` command: the composition root for operators.
+
+It reads settings once (file, environment, flags), then runs one command:
+
+* ``serve``: run the relay and API until SIGTERM/SIGINT; SIGHUP reloads TLS.
+* ``host add EMAIL --password-stdin``: create a host account.
+* ``apikey create --scope cdr:read``: make an API key, printed once.
+* ``cdr export --format jsonl|csv``: write call records to stdout.
+* ``demo``: a whole meeting on a throwaway relay, ending in its record.
+
+Exit status: 0 success, 1 failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .clock import Clock
+from .config import Settings
+from .core import tokens
+from .core.records import COLUMNS
+from .errors import ConfigError, SwitchboardError
+from .passwords import MIN_PASSWORD_CHARS, Passwords
+from .store import Store, open_store
+
+__all__ = ["main", "run_async"]
+
+log = logging.getLogger("switchboard")
+
+SCOPES = ("cdr:read",)
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop when it is available (it is, on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(coro)
+    result: int = uvloop.run(coro)
+    return result
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """``ts=... level=... logger=... msg="..."``: greppable, one event per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}Z "
+            f"level={record.levelname.lower()} logger={record.name} "
+            f"msg={json.dumps(record.getMessage())}"
+        )
+        if record.exc_info:
+            line += f" exc={json.dumps(self.formatException(record.exc_info))}"
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = _KeyValueFormatter()
+    formatter.converter = __import__("time").gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Client libraries used by the demo log every request at INFO; keep them quiet.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: getattr(args, key, None)
+        for key in ("data_dir", "bind", "public_host", "relay_port", "api_port", "log_level")
+    }
+    return Settings.load(config_file=args.config, overrides=overrides)
+
+
+async def _with_store(settings: Settings, fn: Callable[[Store], Awaitable[int]]) -> int:
+    store = await open_store(settings.effective_database_url)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+# serve
+
+
+def _banner(node: Any) -> str:
+    s = node.settings
+    lines = [
+        f"switchboard {__version__} is running (Ctrl-C or SIGTERM stops it; SIGHUP reloads TLS)",
+        f"  meetings (wss):  {node.relay_url}",
+        f"  API (https):     {node.api_url}   OpenAPI: {node.api_url}/openapi.json",
+    ]
+    if node.ca_file is not None:
+        lines.append(f"  trust this CA:   {node.ca_file.resolve()}")
+    lines += [
+        "",
+        "Create the first host, then sign in and invite people:",
+        f"  switchboard host add you@example.com --password-stdin --data-dir {s.data_dir}",
+        f"  curl --cacert {node.ca_file or '<ca>'} {node.api_url}/v1/sessions \\",
+        "       -H 'content-type: application/json' \\",
+        '       -d \'{"email": "you@example.com", "password": "..."}\'',
+        "See README.md ('A meeting in five minutes') for the rest.",
+    ]
+    return "\n".join(lines)
+
+
+async def _serve(settings: Settings) -> int:
+    from .node import Node
+
+    node = Node(settings)
+    await node.start()
+    print(_banner(node), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tls)
+    try:
+        await stop.wait()
+        log.info("stopping: ending live meetings")
+    finally:
+        await node.stop()
+    log.info("stopped")
+    return 0
+
+
+# host, apikey, cdr
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise ConfigError("no terminal to ask for a password: use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the passwords differ")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ConfigError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    return password
+
+
+async def _host_add(settings: Settings, email: str, password: str) -> int:
+    if not _EMAIL.match(email):
+        raise ConfigError(f"not an email address: {email!r}")
+    password_hash = await Passwords().hash(password)
+
+    async def run(store: Store) -> int:
+        host = await store.add_host(email, password_hash, Clock().wall())
+        print(f"host created: {host.host_id} {host.email}")
+        return 0
+
+    return await _with_store(settings, run)
+
+
+async def _apikey_create(settings: Settings, scopes: list[str], label: str) -> int:
+    token, digest = tokens.mint(tokens.TokenKind.API_KEY)
+
+    async def run(store: Store) -> int:
+        key = await store.create_api_key(digest, frozenset(scopes), label, Clock().wall())
+        print(token)
+        print(
+            f"API key {key.key_id} ({' '.join(sorted(key.scopes))}) created;"
+            " the key above is shown only now.",
+            file=sys.stderr,
+        )
+        return 0
+
+    return await _with_store(settings, run)
+
+
+async def _cdr_export(settings: Settings, fmt: str, after: int, out: TextIO) -> int:
+    async def run(store: Store) -> int:
+        writer: csv.DictWriter[str] | None = None
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=("cursor", *COLUMNS), lineterminator="\n")
+            writer.writeheader()
+        cursor = after
+        while True:
+            page = await store.list_records(after=cursor, limit=500)
+            if not page:
+                break
+            for stored in page:
+                if writer is not None:
+                    writer.writerow({"cursor": stored.seq, **stored.record.csv_row()})
+                else:
+                    out.write(json.dumps({"cursor": stored.seq, **stored.record.to_dict()}) + "\n")
+            cursor = page[-1].seq
+        out.flush()
+        return 0
+
+    return await _with_store(settings, run)
+
+
+# argument parsing
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    common.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="A real-time meeting switching relay."
+    )
+    parser.add_argument("--version", action="version", version=f"switchboard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the relay and API")
+    serve.add_argument("--bind", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--public-host", help="host name clients use (default localhost)")
+    serve.add_argument("--relay-port", type=int, help="wss port (default 8443)")
+    serve.add_argument("--api-port", type=int, help="https port (default 8444)")
+
+    host = commands.add_parser("host", help="manage host accounts")
+    host_commands = host.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = host_commands.add_parser("add", parents=[common], help="create a host account")
+    add.add_argument("email")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+
+    apikey = commands.add_parser("apikey", help="manage API keys")
+    apikey_commands = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = apikey_commands.add_parser("create", parents=[common], help="create an API key")
+    create.add_argument("--scope", action="append", choices=SCOPES, required=True)
+    create.add_argument("--label", default="", help="a note saying who holds the key")
+
+    cdr = commands.add_parser("cdr", help="call-detail records")
+    cdr_commands = cdr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = cdr_commands.add_parser("export", parents=[common], help="write records to stdout")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--after", type=int, default=0, help="cursor: records after this one")
+
+    commands.add_parser("demo", parents=[common], help="run a whole meeting on a throwaway relay")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``switchboard`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        _setup_logging(settings.log_level)
+        if args.command == "serve":
+            return run_async(_serve(settings))
+        if args.command == "host":
+            return run_async(_host_add(settings, args.email, _read_password(args)))
+        if args.command == "apikey":
+            return run_async(_apikey_create(settings, args.scope, args.label))
+        if args.command == "cdr":
+            return run_async(_cdr_export(settings, args.format, args.after, sys.stdout))
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_async(run_demo(settings))
+    except ConfigError as exc:
+        print(f"switchboard: {exc.reason}", file=sys.stderr)
+        return 2
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""HTTPS API client for hosts, host apps and billing systems."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiClient", "ApiError", "tls_context"]
+
+
+def tls_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting ``ca_file`` (or the system store); TLS 1.2+."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class ApiError(Exception):
+    """The API answered with an error: ``status`` (HTTP), ``code`` and ``reason``."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"{status} {code}: {reason}")
+        self.status, self.code, self.reason = status, code, reason
+
+
+class ApiClient:
+    """One caller of the HTTPS API. ``token`` is a session token or an API key."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        ca_file: Path | str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.token = token
+        self._http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/"),
+            verify=ssl_context or tls_context(ca_file),
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        response = await self._http.request(method, path, headers=headers, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, reason = body.get("error", "error"), body.get("reason", "")
+            except ValueError:
+                code, reason = "error", response.text[:200]
+            raise ApiError(response.status_code, code, reason)
+        if response.status_code == 204:
+            return None
+        return response.json()
+
+    # hosts
+
+    async def sign_in(self, email: str, password: str) -> dict[str, Any]:
+        """Sign in as a host; later calls use the new session."""
+        session: dict[str, Any] = await self._call(
+            "POST", "/v1/sessions", json={"email": email, "password": password}
+        )
+        self.token = session["token"]
+        return session
+
+    async def sign_out(self) -> None:
+        """End this session."""
+        await self._call("DELETE", "/v1/sessions/current")
+        self.token = None
+
+    async def create_meeting(self) -> dict[str, Any]:
+        """Create a meeting."""
+        result: dict[str, Any] = await self._call("POST", "/v1/meetings")
+        return result
+
+    async def meetings(self) -> list[dict[str, Any]]:
+        """This host's meetings, newest first."""
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/meetings")
+        return result
+
+    async def meeting(self, meeting_id: str) -> dict[str, Any]:
+        """One meeting."""
+        result: dict[str, Any] = await self._call("GET", f"/v1/meetings/{meeting_id}")
+        return result
+
+    async def invite(
+        self,
+        meeting_id: str,
+        role: str = "attendee",
+        *,
+        expires_in: float | None = None,
+        max_uses: int = 1,
+    ) -> dict[str, Any]:
+        """Issue an invitation; the result holds ``token`` and ``join_url``."""
+        body: dict[str, Any] = {"role": role, "max_uses": max_uses}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/meetings/{meeting_id}/invitations", json=body
+        )
+        return result
+
+    async def invitations(self, meeting_id: str) -> list[dict[str, Any]]:
+        """A meeting's invitations (without tokens)."""
+        result: list[dict[str, Any]] = await self._call(
+            "GET", f"/v1/meetings/{meeting_id}/invitations"
+        )
+        return result
+
+    async def revoke(self, meeting_id: str, invitation_id: str) -> None:
+        """Revoke an invitation."""
+        await self._call("DELETE", f"/v1/meetings/{meeting_id}/invitations/{invitation_id}")
+
+    async def end_meeting(self, meeting_id: str) -> dict[str, Any]:
+        """End a meeting for everyone; returns the meeting and its committed record."""
+        result: dict[str, Any] = await self._call("POST", f"/v1/meetings/{meeting_id}/end")
+        return result
+
+    # records
+
+    async def cdrs(self, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of call records: ``{"records": [...], "next_cursor": n}``."""
+        result: dict[str, Any] = await self._call(
+            "GET", "/v1/cdrs", params={"after": after, "limit": limit}
+        )
+        return result

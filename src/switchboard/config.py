@@ -1,0 +1,217 @@
+"""One frozen settings object, built once at the edge from file, environment and flags.
+
+Everything configurable is a field of :class:`Settings` with a documented
+default, so the whole surface is in one place (``docs/reference/config.md``).
+Sources, later ones winning: defaults, a TOML file, ``SWITCHBOARD_*``
+environment variables, command-line flags. Every value is validated before
+anything listens, with an error that names the key and the source; unknown
+keys are errors, not silently ignored typos. ``repr()`` masks passwords in URLs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "mask_url"]
+
+ENV_PREFIX = "SWITCHBOARD_"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL, for logs and repr."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a switchboard process. Defaults serve one small company."""
+
+    data_dir: Path = Path("var")
+    """Where the embedded database, generated certificates and spool live."""
+    bind: str = "127.0.0.1"
+    """Address both listeners bind to. Use 0.0.0.0 to serve other machines."""
+    public_host: str = "localhost"
+    """Host name clients use; printed in URLs and put in the generated certificate."""
+    relay_port: int = 8443
+    """wss listener for meeting clients (0 picks a free port)."""
+    api_port: int = 8444
+    """https listener for the control and records API (0 picks a free port)."""
+    database_url: str = ""
+    """Store backend by scheme; empty means ``sqlite:///<data_dir>/switchboard.db``."""
+    broker_url: str = "local:"
+    """Broker backend by scheme; ``local:`` keeps fan-out inside this process."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; unset means generate a local CA and certificate."""
+    tls_key: Path | None = None
+    """PEM private key for ``tls_cert``."""
+    session_idle_timeout: float = 1800.0
+    """Seconds a host session may stay unused before the host must sign in again."""
+    session_max_lifetime: float = 43200.0
+    """Seconds a host session lasts at most, however busy."""
+    invitation_ttl: float = 86400.0
+    """Default seconds an invitation stays valid."""
+    invitation_max_ttl: float = 30 * 86400.0
+    """Longest expiry a host may give an invitation."""
+    invitation_max_uses: int = 1000
+    """Most uses a host may give one invitation."""
+    max_frame_bytes: int = 1 << 20
+    """Largest websocket message a client may send (header and payload)."""
+    max_participants: int = 500
+    """Most participants connected to one meeting at once."""
+    join_timeout: float = 10.0
+    """Seconds a new connection has to complete TLS, the upgrade and its join."""
+    ping_interval: float = 20.0
+    """Seconds between keepalive pings; a client silent for two intervals is closed."""
+    write_buffer_limit: int = 4 << 20
+    """Bytes queued to one receiver before it is closed as too slow (close 4508)."""
+    password_hash_concurrency: int = 2
+    """Argon2 hashes computed at once, so a burst of sign-ins cannot starve switching."""
+    log_level: str = "info"
+    """debug, info, warning or error. No level ever logs frame content."""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The store URL after applying the embedded default."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'switchboard.db'}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where generated TLS material lives."""
+        return self.data_dir / "tls"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Build and validate settings from all sources. Raise :class:`ConfigError`."""
+        raw: dict[str, tuple[Any, str]] = {}
+        if config_file is not None:
+            try:
+                with config_file.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except FileNotFoundError:
+                raise ConfigError(f"config file {config_file} does not exist") from None
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"config file {config_file}: {exc}") from None
+            for key, value in data.items():
+                raw[key] = (value, f"{config_file}")
+        env = os.environ if environ is None else environ
+        for name, value in env.items():
+            if name.startswith(ENV_PREFIX):
+                raw[name[len(ENV_PREFIX) :].lower()] = (value, f"${name}")
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                raw[key] = (value, f"--{key.replace('_', '-')}")
+        return cls._build(raw)
+
+    @classmethod
+    def _build(cls, raw: Mapping[str, tuple[Any, str]]) -> Settings:
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        values: dict[str, Any] = {}
+        for key, (value, source) in raw.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r} (from {source})")
+            values[key] = _coerce(key, value, known[key].type, source)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        for name in ("relay_port", "api_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+        if self.relay_port == self.api_port and self.relay_port != 0:
+            raise ConfigError("relay_port and api_port must differ")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no such file {path}")
+        positive = (
+            "session_idle_timeout",
+            "session_max_lifetime",
+            "invitation_ttl",
+            "invitation_max_ttl",
+            "invitation_max_uses",
+            "max_participants",
+            "join_timeout",
+            "ping_interval",
+            "password_hash_concurrency",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_frame_bytes < 1024:
+            raise ConfigError("max_frame_bytes must be at least 1024")
+        if self.write_buffer_limit < self.max_frame_bytes:
+            raise ConfigError("write_buffer_limit must be at least max_frame_bytes")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be debug, info, warning or error")
+        scheme = self.effective_database_url.split(":", 1)[0]
+        if scheme not in ("sqlite",):
+            raise ConfigError(f"database_url: unsupported scheme {scheme!r} (supported: sqlite)")
+        if self.broker_url.split(":", 1)[0] not in ("local",):
+            raise ConfigError("broker_url: unsupported scheme (supported: local:)")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated again."""
+        settings = dataclasses.replace(self, **changes)
+        settings._validate()
+        return settings
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind in ("Path", "Path | None"):
+            if value in ("", None):
+                return None if "None" in kind else Path(".")
+            return Path(str(value)).expanduser()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str | int):
+                raise ValueError
+            return str(value)
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"setting {key!r} has an unsupported type {kind}")  # pragma: no cover
+    raise ConfigError(f"setting {key!r} (from {source}): {value!r} is not a valid {kind}")

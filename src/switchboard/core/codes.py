@@ -1,0 +1,56 @@
+"""Websocket close codes: ONE table, read by the relay, the SDK and the docs.
+
+Ranges follow a rule a client can act on without knowing every code:
+
+* ``1000-1015``: RFC 6455 codes, used with their standard meaning.
+* ``4000-4499``: *terminal*. The client must not reconnect with the same
+  credentials; something has to change first (a new invitation, a fixed client).
+* ``4500-4999``: *transient*. The client may reconnect (with backoff) and
+  present its invitation again.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["CloseCode", "is_transient"]
+
+
+class CloseCode(enum.IntEnum):
+    """Why the relay closed a websocket; the value is sent in the close frame."""
+
+    NORMAL = 1000
+    """The client left, or the relay finished an orderly close."""
+    GOING_AWAY = 1001
+    """The peer is going away (browser tab closed)."""
+    PROTOCOL_ERROR = 1002
+    """Websocket framing was broken."""
+    UNSUPPORTED_DATA = 1003
+    """Reserved by RFC 6455; switchboard answers text frames with an error frame instead."""
+    POLICY_VIOLATION = 1008
+    """Generic policy violation."""
+    MESSAGE_TOO_BIG = 1009
+    """A message exceeded the relay's maximum frame size."""
+    INTERNAL_ERROR = 1011
+    """The relay hit a bug; the meeting may continue for others."""
+
+    BAD_REQUEST = 4400
+    """The join message was malformed, or a protocol rule was broken repeatedly."""
+    INVITATION_INVALID = 4401
+    """The invitation is unknown, expired, revoked or used up."""
+    FORBIDDEN = 4403
+    """The meeting does not accept this participant now."""
+    JOIN_TIMEOUT = 4408
+    """No join message arrived within the join timeout."""
+    MEETING_ENDED = 4410
+    """The meeting is over."""
+
+    RELAY_SHUTDOWN = 4503
+    """The relay is shutting down; reconnect (possibly to another node)."""
+    TOO_SLOW = 4508
+    """The client did not read fast enough and its buffer overflowed; reconnect."""
+
+
+def is_transient(code: int) -> bool:
+    """Tell a client whether it may reconnect after a close with ``code``."""
+    return 4500 <= code <= 4999 or code in (CloseCode.GOING_AWAY, CloseCode.INTERNAL_ERROR)

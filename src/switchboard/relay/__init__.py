@@ -1,0 +1,39 @@
+"""The data plane: TLS websocket listener, per-connection adapter, and the hub that switches.
+
+:func:`start_relay` binds the wss listener on an existing socket; the
+composition root (:mod:`switchboard.node`) decides where and with which TLS
+context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from .connection import WS_PATH, RelayConnection
+from .hub import Hub, Room
+
+__all__ = ["WS_PATH", "Hub", "RelayConnection", "Room", "start_relay"]
+
+
+async def start_relay(
+    hub: Hub,
+    context: ssl.SSLContext,
+    sock: socket.socket,
+    *,
+    max_size: int,
+    join_timeout: float,
+    write_limit: int,
+) -> asyncio.Server:
+    """Serve meeting clients on ``sock`` over TLS; every connection goes to ``hub``."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> RelayConnection:
+        return RelayConnection(
+            hub, max_size=max_size, join_timeout=join_timeout, write_limit=write_limit
+        )
+
+    return await loop.create_server(
+        factory, sock=sock, ssl=context, ssl_handshake_timeout=join_timeout, backlog=1024
+    )

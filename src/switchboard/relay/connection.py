@@ -1,0 +1,285 @@
+"""One participant's websocket: the thin asyncio adapter around websockets' sans-I/O protocol.
+
+The connection is an :class:`asyncio.Protocol`. Bytes arrive in
+:meth:`RelayConnection.data_received`, go through websockets'
+``ServerProtocol`` (handshake, framing, ping/pong, close handshake), and each
+complete binary message is handed to the :class:`~switchboard.relay.hub.Hub`
+*synchronously*: switching a frame involves no task, no await and no copy of
+the payload into a Python object. The only await in a connection's life is the
+join, which has to ask the store whether the invitation is good.
+
+Outbound frames are pre-framed bytes (see :func:`binary_message`): a server
+frame is unmasked, so one byte string serves every recipient and is handed to
+each transport as is. A receiver whose transport buffer passes
+``write_buffer_limit`` is closed with ``TOO_SLOW``; a sender is never paused for
+a receiver.
+
+The websockets logger is wrapped so that it can never log at DEBUG, which is
+where websockets would print frame contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from ..core import wire
+from ..core.codes import CloseCode
+from ..errors import FrameError, ProtocolError, SwitchboardError
+
+if TYPE_CHECKING:
+    from ..core.meeting import Participant
+    from .hub import Hub, Room
+
+__all__ = ["WS_PATH", "RelayConnection", "binary_message"]
+
+WS_PATH = "/v1/ws"
+
+log = logging.getLogger("switchboard.relay")
+
+_CLOSE_TIMEOUT = 5.0
+
+
+class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that reports DEBUG as disabled, whatever the configuration."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+_WS_LOGGER = _NoDebugLogger(logging.getLogger("switchboard.relay.websocket"), {})
+
+_H1 = struct.Struct("!BB").pack
+_H2 = struct.Struct("!BBH").pack
+_H8 = struct.Struct("!BBQ").pack
+
+
+def binary_message(*parts: bytes | memoryview) -> bytes:
+    """One unmasked, unfragmented binary websocket frame holding ``parts``, concatenated.
+
+    Server-to-client frames are not masked (RFC 6455 5.1), so the result can be
+    written unchanged to every recipient.
+    """
+    n = sum(len(p) for p in parts)
+    if n < 126:
+        head = _H1(0x82, n)
+    elif n < 65536:
+        head = _H2(0x82, 126, n)
+    else:
+        head = _H8(0x82, 127, n)
+    return b"".join((head, *parts))
+
+
+def _close_reason(reason: str) -> str:
+    encoded = reason.encode()[:120]
+    return encoded.decode(errors="ignore")
+
+
+class RelayConnection(asyncio.Protocol):
+    """A participant connection from TLS accept to close."""
+
+    __slots__ = (
+        "_close_timer",
+        "_fragments",
+        "_join_task",
+        "_join_timer",
+        "hub",
+        "last_rx",
+        "participant",
+        "proto",
+        "room",
+        "transport",
+        "write_limit",
+    )
+
+    def __init__(self, hub: Hub, *, max_size: int, join_timeout: float, write_limit: int) -> None:
+        self.hub = hub
+        self.proto = ServerProtocol(max_size=max_size, logger=_WS_LOGGER)
+        self.write_limit = write_limit
+        self.transport: asyncio.Transport | None = None
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+        self.last_rx = time.monotonic()
+        self._fragments: list[bytes | bytearray | memoryview] | None = None
+        self._join_task: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._join_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            join_timeout, self._join_timed_out
+        )
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.hub.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        proto = self.proto
+        proto.receive_data(data)
+        for event in proto.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+            elif isinstance(event, Request):
+                self._on_request(event)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.proto.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._join_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._join_timer = self._close_timer = None
+        if self._join_task is not None and not self._join_task.done():
+            self._join_task.cancel()
+        self.hub.disconnected(self)
+        self.transport = None
+
+    # inbound
+
+    def _on_request(self, request: Request) -> None:
+        proto = self.proto
+        path, _, query = request.path.partition("?")
+        if path != WS_PATH:
+            response = proto.reject(404, f"Not Found: the websocket endpoint is {WS_PATH}\n")
+        elif query:
+            response = proto.reject(
+                400, "Bad Request: no query parameters; send the invitation in the join message\n"
+            )
+        else:
+            response = proto.accept(request)
+        proto.send_response(response)
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or opcode is Opcode.TEXT:
+            if not frame.fin:
+                self._fragments = [frame.data] if opcode is Opcode.BINARY else None
+                if opcode is Opcode.TEXT:
+                    self.send_error(FrameError("send binary frames only", code="binary_only"))
+                return
+            if opcode is Opcode.TEXT:
+                self.send_error(FrameError("send binary frames only", code="binary_only"))
+                return
+            self._on_message(frame.data)
+        elif opcode is Opcode.CONT:
+            if self._fragments is None:
+                return  # the rest of a refused text message
+            self._fragments.append(frame.data)
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._on_message(data)
+        # PING, PONG and CLOSE are answered by the sans-I/O protocol itself.
+
+    def _on_message(self, data: bytes | bytearray | memoryview) -> None:
+        if self.participant is not None:
+            try:
+                self.hub.switch(self, data)
+            except ProtocolError as exc:
+                self.send_error(exc)
+            except SwitchboardError as exc:
+                # Forbidden, MeetingEnded: the frame is refused, the connection stays.
+                self.send_error(exc)
+            return
+        if self._join_task is not None:
+            self.send_error(
+                FrameError("wait for the welcome before sending frames", code="not_joined")
+            )
+            return
+        try:
+            request = wire.parse_join(data)
+        except ProtocolError as exc:
+            self.send_error(exc)
+            self.close(exc.close_code, exc.reason)
+            return
+        self._join_task = asyncio.get_running_loop().create_task(self._join(request))
+
+    async def _join(self, request: wire.JoinRequest) -> None:
+        try:
+            await self.hub.join(self, request)
+        except SwitchboardError as exc:
+            self.send_error(exc)
+            self.close(exc.close_code, exc.reason)
+        except Exception:
+            log.exception("join failed")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        else:
+            if self._join_timer is not None:
+                self._join_timer.cancel()
+                self._join_timer = None
+
+    def _join_timed_out(self) -> None:
+        self._join_timer = None
+        if self.participant is None:
+            if self.proto.state is State.CONNECTING:
+                self._abort()
+            else:
+                self.close(CloseCode.JOIN_TIMEOUT, "no join message in time")
+
+    # outbound
+
+    @property
+    def is_open(self) -> bool:
+        """Frames may still be written."""
+        return self.transport is not None and self.proto.state is State.OPEN
+
+    def write_frame(self, message: bytes) -> None:
+        """Queue one pre-framed message (:func:`binary_message`); never blocks."""
+        transport = self.transport
+        if transport is None or self.proto.state is not State.OPEN:
+            return
+        transport.write(message)
+        if transport.get_write_buffer_size() > self.write_limit:
+            self.close(CloseCode.TOO_SLOW, "receiver too slow; reconnect")
+
+    def send_control(self, op: str, **fields: Any) -> None:
+        """Send one control frame to this participant only."""
+        self.write_frame(binary_message(wire.encode_control(op, **fields)))
+
+    def send_error(self, exc: SwitchboardError) -> None:
+        """Tell this participant what was wrong; never echoes what it sent."""
+        self.send_control("error", code=exc.code, reason=exc.reason)
+
+    def ping(self) -> None:
+        """Send a keepalive ping."""
+        if self.is_open:
+            self.proto.send_ping(b"")
+            self._flush()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; the transport closes when it completes or times out."""
+        if self.proto.state is State.OPEN:
+            self.proto.send_close(code, _close_reason(reason))
+            self._flush()
+        elif self.proto.state is State.CONNECTING:
+            self._abort()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.proto.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                transport.close()  # EOF: TLS cannot half-close, so close after flushing
+                return
+        if self.proto.close_expected() and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,206 @@
+"""The storage interface: accounts, sessions, meetings, invitations, API keys, records.
+
+One narrow async interface, implemented by each backend (SQLite embedded
+today; PostgreSQL for scale-out). Everything above it speaks these types only,
+and the contract suite in ``tests/test_store_contract.py`` runs against every
+backend. Backends translate their driver's exceptions into
+:mod:`switchboard.errors` at this boundary.
+
+What is stored is metadata only. There is deliberately no method that could
+store frame content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..core.records import CallRecord
+from ..core.rules import Role
+
+__all__ = [
+    "ApiKey",
+    "HostAccount",
+    "HostSession",
+    "Invitation",
+    "MeetingRow",
+    "Redemption",
+    "Store",
+    "StoredRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HostAccount:
+    """A host: someone who may create meetings. ``password_hash`` is an Argon2id string."""
+
+    host_id: str
+    email: str
+    password_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostSession:
+    """A signed-in host session, as the store knows it (the token itself is never stored)."""
+
+    session_id: str
+    host_id: str
+    created_at: float
+    last_used_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingRow:
+    """A meeting's metadata. ``state`` is ``scheduled``, ``live`` or ``ended``."""
+
+    meeting_id: str
+    host_id: str
+    created_at: float
+    state: str
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """An invitation to a meeting, without its token."""
+
+    invitation_id: str
+    meeting_id: str
+    role: Role
+    created_at: float
+    expires_at: float
+    max_uses: int
+    uses: int
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """One successful use of an invitation: the right to join once."""
+
+    seat: str
+    invitation_id: str
+    meeting_id: str
+    host_id: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key for a billing system or host app; ``scopes`` bound what it may do."""
+
+    key_id: str
+    label: str
+    scopes: frozenset[str]
+    created_at: float
+    last_used_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A committed call record and its position in commit order (the cursor)."""
+
+    seq: int
+    record: CallRecord
+
+
+class Store(Protocol):
+    """What switchboard needs from a database. Every method is safe to call concurrently."""
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Release connections; pending writes are finished first."""
+
+    # hosts and sessions
+    async def add_host(self, email: str, password_hash: str, now: float) -> HostAccount:
+        """Create a host; raise :class:`~switchboard.errors.Conflict` if the email is taken."""
+
+    async def host_by_email(self, email: str) -> HostAccount | None:
+        """Look a host up by email (case-insensitive)."""
+
+    async def set_password_hash(self, host_id: str, password_hash: str) -> None:
+        """Replace a host's password hash (rehash after a parameter change)."""
+
+    async def create_session(self, host_id: str, digest: bytes, now: float) -> HostSession:
+        """Record a new session under the token's digest."""
+
+    async def use_session(
+        self, digest: bytes, now: float, idle_timeout: float, max_lifetime: float
+    ) -> HostSession | None:
+        """Validate a session and mark it used, atomically; ``None`` if unknown or expired."""
+
+    async def delete_session(self, digest: bytes) -> bool:
+        """End a session; whether it existed."""
+
+    # meetings and invitations
+    async def create_meeting(self, host_id: str, now: float) -> MeetingRow:
+        """Create a meeting owned by ``host_id``."""
+
+    async def get_meeting(self, meeting_id: str) -> MeetingRow | None:
+        """One meeting, or ``None``."""
+
+    async def list_meetings(self, host_id: str) -> Sequence[MeetingRow]:
+        """A host's meetings, newest first."""
+
+    async def meeting_started(self, meeting_id: str, now: float) -> None:
+        """The first participant joined: the meeting is live."""
+
+    async def meeting_ended(self, meeting_id: str, now: float) -> None:
+        """Mark a meeting ended without a record (it never went live)."""
+
+    async def create_invitation(
+        self,
+        meeting_id: str,
+        role: Role,
+        digest: bytes,
+        *,
+        now: float,
+        expires_at: float,
+        max_uses: int,
+    ) -> Invitation:
+        """Store a new invitation under its token's digest."""
+
+    async def list_invitations(self, meeting_id: str) -> Sequence[Invitation]:
+        """A meeting's invitations, without tokens."""
+
+    async def revoke_invitation(self, meeting_id: str, invitation_id: str) -> bool:
+        """Revoke an invitation; whether it existed."""
+
+    async def redeem_invitation(self, digest: bytes, now: float) -> Redemption:
+        """Use an invitation once, atomically.
+
+        Of any number of concurrent redemptions of an invitation with ``n`` uses
+        left, exactly ``n`` succeed. Raise
+        :class:`~switchboard.errors.InvitationError` (unknown, expired, revoked,
+        used up) or :class:`~switchboard.errors.MeetingEnded`.
+        """
+
+    # API keys
+    async def create_api_key(
+        self, digest: bytes, scopes: frozenset[str], label: str, now: float
+    ) -> ApiKey:
+        """Store a new API key under its token's digest."""
+
+    async def use_api_key(self, digest: bytes, now: float) -> ApiKey | None:
+        """Look a key up and record its use; ``None`` if unknown or revoked."""
+
+    # records
+    async def finish_meeting(self, record: CallRecord) -> StoredRecord:
+        """Commit a meeting's final record and mark it ended, in one durable transaction.
+
+        Idempotent per meeting: a second call returns the record already stored.
+        """
+
+    async def get_record(self, meeting_id: str) -> StoredRecord | None:
+        """The record of one meeting, if it has one."""
+
+    async def list_records(
+        self, *, after: int = 0, limit: int = 100, host_id: str | None = None
+    ) -> Sequence[StoredRecord]:
+        """Records in commit order with ``seq > after``; only ``host_id``'s if given."""

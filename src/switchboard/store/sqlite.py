@@ -1,0 +1,533 @@
+"""The embedded store: one SQLite file, written durably, off the event loop.
+
+SQLite serves a small company with nothing to install. Every call runs on one
+dedicated thread that owns the connection, so the event loop never blocks on
+disk and statements never interleave. The database runs in WAL mode with
+``synchronous=FULL``: a call record is on disk when :meth:`finish_meeting`
+returns, which is what lets the relay acknowledge the end of a meeting. Other
+processes (the CLI while the server runs) may open the same file; SQLite's
+locking keeps them consistent and every multi-step change is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..core.records import CallRecord, FeatureUsage
+from ..core.rules import Role
+from ..errors import ConfigError, Conflict, InvitationError, MeetingEnded, StoreError
+from .base import (
+    ApiKey,
+    HostAccount,
+    HostSession,
+    Invitation,
+    MeetingRow,
+    Redemption,
+    StoredRecord,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+    host_id       TEXT PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    created_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id    TEXT PRIMARY KEY,
+    digest        BLOB NOT NULL UNIQUE,
+    host_id       TEXT NOT NULL REFERENCES hosts(host_id),
+    created_at    REAL NOT NULL,
+    last_used_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meetings (
+    meeting_id    TEXT PRIMARY KEY,
+    host_id       TEXT NOT NULL REFERENCES hosts(host_id),
+    created_at    REAL NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'scheduled',
+    started_at    REAL,
+    ended_at      REAL
+);
+CREATE INDEX IF NOT EXISTS meetings_by_host ON meetings(host_id, created_at);
+CREATE TABLE IF NOT EXISTS invitations (
+    invitation_id TEXT PRIMARY KEY,
+    meeting_id    TEXT NOT NULL REFERENCES meetings(meeting_id),
+    digest        BLOB NOT NULL UNIQUE,
+    role          TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    max_uses      INTEGER NOT NULL,
+    uses          INTEGER NOT NULL DEFAULT 0,
+    revoked       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS invitations_by_meeting ON invitations(meeting_id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id        TEXT PRIMARY KEY,
+    digest        BLOB NOT NULL UNIQUE,
+    label         TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    last_used_at  REAL,
+    revoked       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cdrs (
+    seq                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id             TEXT NOT NULL UNIQUE,
+    meeting_id            TEXT NOT NULL UNIQUE,
+    host_id               TEXT NOT NULL,
+    started_at            REAL NOT NULL,
+    ended_at              REAL NOT NULL,
+    duration_seconds      REAL NOT NULL,
+    peak_participants     INTEGER NOT NULL,
+    distinct_participants INTEGER NOT NULL,
+    end_reason            TEXT NOT NULL,
+    schema_version        INTEGER NOT NULL,
+    usage                 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cdrs_by_host ON cdrs(host_id, seq);
+"""
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(12)
+
+
+class SqliteStore:
+    """:class:`~switchboard.store.base.Store` on an SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(f"not an sqlite URL: {url!r} (expected sqlite:///path)")
+        return cls(Path(url.removeprefix("sqlite:///")))
+
+    # plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args))
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"already exists or conflicts ({exc.sqlite_errorname})") from None
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+            raise StoreError(f"database error ({name})") from None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        return self._conn
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"database schema {version} is newer than this switchboard ({_SCHEMA_VERSION})"
+            )
+        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._conn = conn
+
+    async def open(self) -> None:
+        """Open the file (creating it and its folder) and create the schema."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="switchboard-sqlite")
+        await self._run(self._open_sync)
+
+    async def close(self) -> None:
+        """Close the connection after pending calls finish."""
+        if self._executor is None:
+            return
+        if self._conn is not None:
+            await self._run(self._db.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # hosts and sessions
+
+    async def add_host(self, email: str, password_hash: str, now: float) -> HostAccount:
+        """See :class:`~switchboard.store.base.Store`."""
+        host = HostAccount(_new_id("h_"), email, password_hash, now)
+
+        def run() -> None:
+            try:
+                self._db.execute(
+                    "INSERT INTO hosts VALUES (?, ?, ?, ?)",
+                    (host.host_id, host.email, host.password_hash, host.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("a host with this email exists", code="email_taken") from None
+
+        await self._run(run)
+        return host
+
+    async def host_by_email(self, email: str) -> HostAccount | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> HostAccount | None:
+            row = self._db.execute(
+                "SELECT host_id, email, password_hash, created_at FROM hosts WHERE email = ?",
+                (email,),
+            ).fetchone()
+            return HostAccount(*row) if row else None
+
+        return await self._run(run)
+
+    async def set_password_hash(self, host_id: str, password_hash: str) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        await self._run(
+            self._db.execute,
+            "UPDATE hosts SET password_hash = ? WHERE host_id = ?",
+            (password_hash, host_id),
+        )
+
+    async def create_session(self, host_id: str, digest: bytes, now: float) -> HostSession:
+        """See :class:`~switchboard.store.base.Store`."""
+        session = HostSession(_new_id("s_"), host_id, now, now)
+        await self._run(
+            self._db.execute,
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+            (session.session_id, digest, host_id, now, now),
+        )
+        return session
+
+    async def use_session(
+        self, digest: bytes, now: float, idle_timeout: float, max_lifetime: float
+    ) -> HostSession | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> HostSession | None:
+            row = self._db.execute(
+                "UPDATE sessions SET last_used_at = ?"
+                " WHERE digest = ? AND last_used_at + ? > ? AND created_at + ? > ?"
+                " RETURNING session_id, host_id, created_at, last_used_at",
+                (now, digest, idle_timeout, now, max_lifetime, now),
+            ).fetchone()
+            return HostSession(*row) if row else None
+
+        return await self._run(run)
+
+    async def delete_session(self, digest: bytes) -> bool:
+        """See :class:`~switchboard.store.base.Store`."""
+        cur = await self._run(self._db.execute, "DELETE FROM sessions WHERE digest = ?", (digest,))
+        return cur.rowcount > 0
+
+    # meetings and invitations
+
+    _MEETING_COLS = "meeting_id, host_id, created_at, state, started_at, ended_at"
+
+    async def create_meeting(self, host_id: str, now: float) -> MeetingRow:
+        """See :class:`~switchboard.store.base.Store`."""
+        meeting = MeetingRow(_new_id("m_"), host_id, now, "scheduled", None, None)
+        await self._run(
+            self._db.execute,
+            f"INSERT INTO meetings ({self._MEETING_COLS}) VALUES (?, ?, ?, ?, NULL, NULL)",
+            (meeting.meeting_id, host_id, now, meeting.state),
+        )
+        return meeting
+
+    async def get_meeting(self, meeting_id: str) -> MeetingRow | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> MeetingRow | None:
+            row = self._db.execute(
+                f"SELECT {self._MEETING_COLS} FROM meetings WHERE meeting_id = ?", (meeting_id,)
+            ).fetchone()
+            return MeetingRow(*row) if row else None
+
+        return await self._run(run)
+
+    async def list_meetings(self, host_id: str) -> Sequence[MeetingRow]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[MeetingRow]:
+            rows = self._db.execute(
+                f"SELECT {self._MEETING_COLS} FROM meetings WHERE host_id = ?"
+                " ORDER BY created_at DESC, meeting_id",
+                (host_id,),
+            ).fetchall()
+            return [MeetingRow(*row) for row in rows]
+
+        return await self._run(run)
+
+    async def meeting_started(self, meeting_id: str, now: float) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        await self._run(
+            self._db.execute,
+            "UPDATE meetings SET state = 'live', started_at = ?"
+            " WHERE meeting_id = ? AND state = 'scheduled'",
+            (now, meeting_id),
+        )
+
+    async def meeting_ended(self, meeting_id: str, now: float) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        await self._run(
+            self._db.execute,
+            "UPDATE meetings SET state = 'ended', ended_at = ?"
+            " WHERE meeting_id = ? AND state != 'ended'",
+            (now, meeting_id),
+        )
+
+    _INVITATION_COLS = (
+        "invitation_id, meeting_id, role, created_at, expires_at, max_uses, uses, revoked"
+    )
+
+    @staticmethod
+    def _invitation(row: Sequence[Any]) -> Invitation:
+        return Invitation(
+            row[0], row[1], Role(row[2]), row[3], row[4], row[5], row[6], bool(row[7])
+        )
+
+    async def create_invitation(
+        self,
+        meeting_id: str,
+        role: Role,
+        digest: bytes,
+        *,
+        now: float,
+        expires_at: float,
+        max_uses: int,
+    ) -> Invitation:
+        """See :class:`~switchboard.store.base.Store`."""
+        inv = Invitation(_new_id("i_"), meeting_id, role, now, expires_at, max_uses, 0, False)
+        await self._run(
+            self._db.execute,
+            f"INSERT INTO invitations ({self._INVITATION_COLS}, digest)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)",
+            (inv.invitation_id, meeting_id, role.value, now, expires_at, max_uses, digest),
+        )
+        return inv
+
+    async def list_invitations(self, meeting_id: str) -> Sequence[Invitation]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[Invitation]:
+            rows = self._db.execute(
+                f"SELECT {self._INVITATION_COLS} FROM invitations WHERE meeting_id = ?"
+                " ORDER BY created_at, invitation_id",
+                (meeting_id,),
+            ).fetchall()
+            return [self._invitation(row) for row in rows]
+
+        return await self._run(run)
+
+    async def revoke_invitation(self, meeting_id: str, invitation_id: str) -> bool:
+        """See :class:`~switchboard.store.base.Store`."""
+        cur = await self._run(
+            self._db.execute,
+            "UPDATE invitations SET revoked = 1 WHERE meeting_id = ? AND invitation_id = ?",
+            (meeting_id, invitation_id),
+        )
+        return cur.rowcount > 0
+
+    async def redeem_invitation(self, digest: bytes, now: float) -> Redemption:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> Redemption:
+            row = db.execute(
+                "UPDATE invitations SET uses = uses + 1"
+                " WHERE digest = ? AND revoked = 0 AND uses < max_uses AND expires_at > ?"
+                " AND meeting_id IN (SELECT meeting_id FROM meetings WHERE state != 'ended')"
+                " RETURNING invitation_id, meeting_id, role, uses",
+                (digest, now),
+            ).fetchone()
+            if row is not None:
+                invitation_id, meeting_id, role, uses = row
+                (host_id,) = db.execute(
+                    "SELECT host_id FROM meetings WHERE meeting_id = ?", (meeting_id,)
+                ).fetchone()
+                return Redemption(
+                    f"{invitation_id}#{uses}", invitation_id, meeting_id, host_id, Role(role)
+                )
+            found = db.execute(
+                "SELECT i.revoked, i.uses, i.max_uses, i.expires_at, m.state"
+                " FROM invitations i JOIN meetings m USING (meeting_id) WHERE i.digest = ?",
+                (digest,),
+            ).fetchone()
+            if found is None:
+                raise InvitationError("the invitation is not recognised", code="invitation_unknown")
+            revoked, uses, max_uses, expires_at, state = found
+            if state == "ended":
+                raise MeetingEnded("the meeting has ended")
+            if revoked:
+                raise InvitationError("the invitation was revoked", code="invitation_revoked")
+            if expires_at <= now:
+                raise InvitationError("the invitation has expired", code="invitation_expired")
+            raise InvitationError(
+                f"the invitation was already used {uses} of {max_uses} times",
+                code="invitation_used",
+            )
+
+        return await self._run(self._tx, run)
+
+    # API keys
+
+    @staticmethod
+    def _api_key(row: Sequence[Any]) -> ApiKey:
+        return ApiKey(row[0], row[1], frozenset(row[2].split()), row[3], row[4], bool(row[5]))
+
+    async def create_api_key(
+        self, digest: bytes, scopes: frozenset[str], label: str, now: float
+    ) -> ApiKey:
+        """See :class:`~switchboard.store.base.Store`."""
+        key = ApiKey(_new_id("k_"), label, scopes, now, None, False)
+        await self._run(
+            self._db.execute,
+            "INSERT INTO api_keys (key_id, digest, label, scopes, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key.key_id, digest, label, " ".join(sorted(scopes)), now),
+        )
+        return key
+
+    async def use_api_key(self, digest: bytes, now: float) -> ApiKey | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> ApiKey | None:
+            row = self._db.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE digest = ? AND revoked = 0"
+                " RETURNING key_id, label, scopes, created_at, last_used_at, revoked",
+                (now, digest),
+            ).fetchone()
+            return self._api_key(row) if row else None
+
+        return await self._run(run)
+
+    # records
+
+    _CDR_COLS = (
+        "seq, record_id, meeting_id, host_id, started_at, ended_at, duration_seconds,"
+        " peak_participants, distinct_participants, end_reason, schema_version, usage"
+    )
+
+    @staticmethod
+    def _stored(row: Sequence[Any]) -> StoredRecord:
+        usage = json.loads(row[11])
+        record = CallRecord(
+            record_id=row[1],
+            meeting_id=row[2],
+            host_id=row[3],
+            started_at=row[4],
+            ended_at=row[5],
+            duration_seconds=row[6],
+            peak_participants=row[7],
+            distinct_participants=row[8],
+            end_reason=row[9],
+            schema_version=row[10],
+            features={name: FeatureUsage(**use) for name, use in usage.items()},
+        )
+        return StoredRecord(row[0], record)
+
+    async def finish_meeting(self, record: CallRecord) -> StoredRecord:
+        """See :class:`~switchboard.store.base.Store`."""
+        usage = json.dumps(
+            {name: use.to_dict() for name, use in record.features.items()}, sort_keys=True
+        )
+
+        def run(db: sqlite3.Connection) -> StoredRecord:
+            db.execute(
+                "INSERT INTO cdrs (record_id, meeting_id, host_id, started_at, ended_at,"
+                " duration_seconds, peak_participants, distinct_participants, end_reason,"
+                " schema_version, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (meeting_id) DO NOTHING",
+                (
+                    record.record_id,
+                    record.meeting_id,
+                    record.host_id,
+                    record.started_at,
+                    record.ended_at,
+                    record.duration_seconds,
+                    record.peak_participants,
+                    record.distinct_participants,
+                    record.end_reason,
+                    record.schema_version,
+                    usage,
+                ),
+            )
+            db.execute(
+                "UPDATE meetings SET state = 'ended', ended_at = ?"
+                " WHERE meeting_id = ? AND state != 'ended'",
+                (record.ended_at, record.meeting_id),
+            )
+            row = db.execute(
+                f"SELECT {self._CDR_COLS} FROM cdrs WHERE meeting_id = ?", (record.meeting_id,)
+            ).fetchone()
+            return self._stored(row)
+
+        return await self._run(self._tx, run)
+
+    async def get_record(self, meeting_id: str) -> StoredRecord | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> StoredRecord | None:
+            row = self._db.execute(
+                f"SELECT {self._CDR_COLS} FROM cdrs WHERE meeting_id = ?", (meeting_id,)
+            ).fetchone()
+            return self._stored(row) if row else None
+
+        return await self._run(run)
+
+    async def list_records(
+        self, *, after: int = 0, limit: int = 100, host_id: str | None = None
+    ) -> Sequence[StoredRecord]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[StoredRecord]:
+            if host_id is None:
+                rows = self._db.execute(
+                    f"SELECT {self._CDR_COLS} FROM cdrs WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    f"SELECT {self._CDR_COLS} FROM cdrs WHERE host_id = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (host_id, after, limit),
+                ).fetchall()
+            return [self._stored(row) for row in rows]
+
+        return await self._run(run)
