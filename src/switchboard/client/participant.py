@@ -51,11 +51,20 @@ _LOGGER = _NoDebugLogger(logging.getLogger("switchboard.client.websocket"), {})
 
 @dataclass(frozen=True, slots=True)
 class Chat:
-    """A chat message from participant ``sender``; ``private`` if sent to us alone."""
+    """A chat message from participant ``sender``; ``private`` if sent to us alone.
+
+    ``payload`` is exactly what the sender sent; :attr:`text` reads it as UTF-8
+    (the SDK's convention), replacing bytes that are not.
+    """
 
     sender: int
-    text: str
+    payload: bytes
     private: bool
+
+    @property
+    def text(self) -> str:
+        """The payload as text."""
+        return self.payload.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +214,7 @@ class Participant:
         header, offset = wire.split_frame(data)
         kind = header.get("k")
         if kind == Kind.CHAT:
-            return Chat(header["from"], bytes(data[offset:]).decode(), "to" in header)
+            return Chat(header["from"], bytes(data[offset:]), "to" in header)
         if kind != Kind.CONTROL:
             return None  # a kind this SDK version does not know: skip it
         op = header.get("op")
