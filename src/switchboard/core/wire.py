@@ -123,7 +123,9 @@ def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
     header, offset = split_frame(data)
     kind = header.get("k")
     if type(kind) is not int or kind not in _KINDS:
-        raise FrameError(f"unknown frame kind {kind!r:.20}", code="unknown_kind")
+        # Name the kind only when it is a number: error frames never echo client strings.
+        shown = f" {kind}" if type(kind) is int else ""
+        raise FrameError(f"unknown frame kind{shown} (field 'k')", code="unknown_kind")
     to = header.get("to")
     if to is not None and type(to) is not int:
         raise FrameError("'to' must be a participant id (integer)", code="bad_recipient")

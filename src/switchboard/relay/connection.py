@@ -121,6 +121,7 @@ class RelayConnection(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.hub.connected(self)
+        log.debug("connection accepted connections=%d", len(self.hub.connections))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -251,6 +252,8 @@ class RelayConnection(asyncio.Protocol):
 
     def send_error(self, exc: SwitchboardError) -> None:
         """Tell this participant what was wrong; never echoes what it sent."""
+        pid = self.participant.pid if self.participant is not None else 0
+        log.debug("frame refused pid=%d code=%s", pid, exc.code)
         self.send_control("error", code=exc.code, reason=exc.reason)
 
     def ping(self) -> None:
@@ -262,6 +265,7 @@ class RelayConnection(asyncio.Protocol):
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; the transport closes when it completes or times out."""
         if self.proto.state is State.OPEN:
+            log.debug("closing connection code=%d", code)
             self.proto.send_close(code, _close_reason(reason))
             self._flush()
         elif self.proto.state is State.CONNECTING:

@@ -1,0 +1,9 @@
+"""``python -m switchboard``: the same as the ``switchboard`` command."""
+
+import sys
+
+from .cli import main
+
+__all__: list[str] = []
+
+sys.exit(main())
