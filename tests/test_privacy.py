@@ -20,7 +20,7 @@ import msgpack
 from switchboard.client import ApiClient, Chat, ErrorFrame, Participant
 from switchboard.core.wire import Kind
 
-from .conftest import TIMEOUT, ServeProcess, next_event, switchboard_cmd
+from .conftest import ServeProcess, next_event, switchboard_cmd
 
 PASSWORD = "correct horse battery staple"
 
