@@ -300,3 +300,17 @@ async def test_two_hosts_do_not_see_each_others_meetings(node: Node, host: Host)
         await other.api.invite(mid)
     assert err.value.status == 404
     await other.api.close()
+
+
+async def test_a_full_relay_answers_503_and_keeps_serving_the_others(tmp_path) -> None:
+    from .conftest import make_settings
+
+    async with Node(make_settings(tmp_path / "var", max_connections=1)) as n:
+        ctx = tls_context(n.ca_file)
+        async with connect(n.relay_url, ssl=ctx, compression=None) as first:
+            with pytest.raises(InvalidStatus) as full:
+                await connect(n.relay_url, ssl=ctx, compression=None)
+            assert full.value.response.status_code == 503
+            await first.send(encode_join("sbi_unknown"))
+            refused = msgpack.unpackb(await first.recv(), raw=False)
+            assert refused["code"] == "invitation_unknown"  # the first one is still served

@@ -115,7 +115,10 @@ def _banner(node: Any) -> str:
         f"  curl --cacert {node.ca_file or '<ca>'} {node.api_url}/v1/sessions \\",
         "       -H 'content-type: application/json' \\",
         '       -d \'{"email": "you@example.com", "password": "..."}\'',
-        "See README.md ('A meeting in five minutes') for the rest.",
+        "Then create a meeting (POST /v1/meetings) and invitations",
+        "(POST /v1/meetings/<id>/invitations); each invitee joins at the wss address above",
+        "with its invitation token, e.g. switchboard.client.Participant.join(url, token).",
+        "See README.md ('A meeting in five minutes') for the whole walk.",
     ]
     return "\n".join(lines)
 

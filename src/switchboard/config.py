@@ -71,6 +71,8 @@ class Settings:
     """Largest websocket message a client may send (header and payload)."""
     max_participants: int = 500
     """Most participants connected to one meeting at once."""
+    max_connections: int = 10_000
+    """Most websocket connections this process holds; more get HTTP 503 at the upgrade."""
     join_timeout: float = 10.0
     """Seconds a new connection has to complete TLS, the upgrade and its join."""
     ping_interval: float = 20.0
@@ -165,6 +167,7 @@ class Settings:
             "invitation_max_ttl",
             "invitation_max_uses",
             "max_participants",
+            "max_connections",
             "join_timeout",
             "ping_interval",
             "password_hash_concurrency",

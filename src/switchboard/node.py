@@ -124,6 +124,7 @@ class Node:
             self._store,
             clock=self.clock,
             max_participants=s.max_participants,
+            max_connections=s.max_connections,
             ping_interval=s.ping_interval,
         )
         self._hub.start()

@@ -160,6 +160,8 @@ class RelayConnection(asyncio.Protocol):
             response = proto.reject(
                 400, "Bad Request: no query parameters; send the invitation in the join message\n"
             )
+        elif len(self.hub.connections) > self.hub.max_connections:
+            response = proto.reject(503, "Service Unavailable: the relay is full; retry later\n")
         else:
             response = proto.accept(request)
         proto.send_response(response)
@@ -189,11 +191,15 @@ class RelayConnection(asyncio.Protocol):
         if self.participant is not None:
             try:
                 self.hub.switch(self, data)
-            except ProtocolError as exc:
-                self.send_error(exc)
             except SwitchboardError as exc:
-                # Forbidden, MeetingEnded: the frame is refused, the connection stays.
+                # FrameError, Forbidden, MeetingEnded: the frame is refused, the
+                # connection stays, and no one else notices.
                 self.send_error(exc)
+            except Exception:
+                # A bug: this connection goes, the meeting goes on. The traceback
+                # names code, never the frame.
+                log.exception("switching failed; closing this connection")
+                self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if self._join_task is not None:
             self.send_error(

@@ -56,11 +56,13 @@ class Hub:
         *,
         clock: Clock | None = None,
         max_participants: int = 500,
+        max_connections: int = 10_000,
         ping_interval: float = 20.0,
     ) -> None:
         self.store = store
         self.clock = clock or Clock()
         self.max_participants = max_participants
+        self.max_connections = max_connections
         self.ping_interval = ping_interval
         self.rooms: dict[str, Room] = {}
         self.connections: set[RelayConnection] = set()
