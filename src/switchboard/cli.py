@@ -99,6 +99,17 @@ async def _with_store(settings: Settings, fn: Callable[[Store], Awaitable[int]])
 # serve
 
 
+def _command_name() -> str:
+    """How the user can run this command again, e.g. ``.venv/bin/switchboard``."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "switchboard":
+        return "python -m switchboard"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0)
+
+
 def _banner(node: Any) -> str:
     s = node.settings
     lines = [
@@ -111,7 +122,7 @@ def _banner(node: Any) -> str:
     lines += [
         "",
         "Create the first host, then sign in and invite people:",
-        f"  switchboard host add you@example.com --password-stdin --data-dir {s.data_dir}",
+        f"  {_command_name()} host add you@example.com --password-stdin --data-dir {s.data_dir}",
         f"  curl --cacert {node.ca_file or '<ca>'} {node.api_url}/v1/sessions \\",
         "       -H 'content-type: application/json' \\",
         '       -d \'{"email": "you@example.com", "password": "..."}\'',
