@@ -77,9 +77,7 @@ async def add_host(node: Node, email: str | None = None) -> tuple[str, str, str]
         _PASSWORDS = Passwords()
     email = email or f"host-{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(16)
-    account = await node.store.add_host(
-        email, await _PASSWORDS.hash(password), node.clock.wall()
-    )
+    account = await node.store.add_host(email, await _PASSWORDS.hash(password), node.clock.wall())
     return email, password, account.host_id
 
 
@@ -159,9 +157,7 @@ def start_serve(data_dir: Path, *extra: str, log_level: str = "info") -> ServePr
             urls["api"] = line.split()[2]
         elif "trust this CA:" in line:
             urls["ca"] = line.split()[-1]
-    return ServeProcess(
-        proc, data_dir, urls["relay"], urls["api"], Path(urls["ca"]), log_file
-    )
+    return ServeProcess(proc, data_dir, urls["relay"], urls["api"], Path(urls["ca"]), log_file)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ keys are errors, not silently ignored typos. ``repr()`` masks passwords in URLs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,13 +27,16 @@ __all__ = ["ENV_PREFIX", "Settings", "mask_url"]
 ENV_PREFIX = "SWITCHBOARD_"
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|pwd)=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password of a URL, for logs and repr."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """Hide the password of a URL (user-info or ``password=`` query), for logs and repr.
+
+    Works on text, not a parse, so even a malformed URL is masked and this never raises.
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,26 +199,34 @@ class Settings:
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Turn a file, environment or flag value into the field's type, or say why not.
+
+    Only exact forms are accepted: an integer setting takes an integer or a
+    string of digits (never ``8443.5`` cut down to 8443), a number setting an
+    integer, float or numeric string; booleans, arrays, tables and dates are
+    refused for both.
+    """
     kind = str(annotation)
-    try:
-        if kind in ("Path", "Path | None"):
-            if value in ("", None):
-                return None if "None" in kind else Path(".")
-            return Path(str(value)).expanduser()
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
+    if kind in ("Path", "Path | None"):
+        if isinstance(value, str | Path) and str(value):
+            return Path(value).expanduser()
+        if value == "" and "None" in kind:
+            return None
+    elif kind == "int":
+        if type(value) is int:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
             return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
+    elif kind == "float":
+        if type(value) in (int, float) and math.isfinite(value):
             return float(value)
-        if kind == "str":
-            if not isinstance(value, str | int):
-                raise ValueError
-            return str(value)
-    except ValueError:
-        pass
-    else:
-        raise ConfigError(f"setting {key!r} has an unsupported type {kind}")  # pragma: no cover
-    raise ConfigError(f"setting {key!r} (from {source}): {value!r} is not a valid {kind}")
+        if isinstance(value, str) and re.fullmatch(
+            r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", value
+        ):
+            return float(value)  # the pattern admits finite numbers only
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this function does not know
+        raise ConfigError(f"setting {key!r} has an unsupported type {kind}")
+    raise ConfigError(f"setting {key!r} (from {source}): {value!r:.80} is not a valid {kind}")

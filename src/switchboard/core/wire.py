@@ -138,7 +138,8 @@ def parse_join(data: bytes | bytearray | memoryview) -> JoinRequest:
         header, _ = split_frame(data)
     except FrameError as exc:
         raise ProtocolError(f"join message: {exc.reason}", code="bad_join") from None
-    if header.get("k") != Kind.CONTROL or header.get("op") != "join":
+    kind = header.get("k")
+    if type(kind) is not int or kind != Kind.CONTROL or header.get("op") != "join":
         raise ProtocolError(
             "the first message must be a join: {k: 0, op: 'join', inv: <invitation>}",
             code="bad_join",

@@ -43,7 +43,8 @@ _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
     host_id       TEXT PRIMARY KEY,
-    email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    email         TEXT NOT NULL,
+    email_key     TEXT NOT NULL UNIQUE,  -- casefold(email): one account per address
     password_hash TEXT NOT NULL,
     created_at    REAL NOT NULL
 );
@@ -100,6 +101,11 @@ CREATE TABLE IF NOT EXISTS cdrs (
 );
 CREATE INDEX IF NOT EXISTS cdrs_by_host ON cdrs(host_id, seq);
 """
+
+
+def _email_key(email: str) -> str:
+    """Emails compare case-insensitively, Unicode included (SQLite's NOCASE folds ASCII only)."""
+    return email.strip().casefold()
 
 
 def _new_id(prefix: str) -> str:
@@ -197,8 +203,15 @@ class SqliteStore:
         def run() -> None:
             try:
                 self._db.execute(
-                    "INSERT INTO hosts VALUES (?, ?, ?, ?)",
-                    (host.host_id, host.email, host.password_hash, host.created_at),
+                    "INSERT INTO hosts (host_id, email, email_key, password_hash, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        host.host_id,
+                        host.email,
+                        _email_key(email),
+                        host.password_hash,
+                        host.created_at,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict("a host with this email exists", code="email_taken") from None
@@ -211,8 +224,8 @@ class SqliteStore:
 
         def run() -> HostAccount | None:
             row = self._db.execute(
-                "SELECT host_id, email, password_hash, created_at FROM hosts WHERE email = ?",
-                (email,),
+                "SELECT host_id, email, password_hash, created_at FROM hosts WHERE email_key = ?",
+                (_email_key(email),),
             ).fetchone()
             return HostAccount(*row) if row else None
 
