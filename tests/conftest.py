@@ -106,8 +106,16 @@ class ServeProcess:
     data_dir: Path
     relay_url: str
     api_url: str
-    ca_file: Path
+    ca_file: Path | None
     log_file: Path
+
+    @property
+    def relay_port(self) -> int:
+        return int(self.relay_url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api_url.rsplit(":", 1)[1])
 
     def stop(self, sig: int = 15) -> int:
         if self.proc.poll() is None:
@@ -147,7 +155,7 @@ def start_serve(data_dir: Path, *extra: str, log_level: str = "info") -> ServePr
     log_fh.close()
     urls: dict[str, str] = {}
     assert proc.stdout is not None
-    while "ca" not in urls:
+    while True:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"serve exited early:\n{log_file.read_text()}")
@@ -157,7 +165,23 @@ def start_serve(data_dir: Path, *extra: str, log_level: str = "info") -> ServePr
             urls["api"] = line.split()[2]
         elif "trust this CA:" in line:
             urls["ca"] = line.split()[-1]
-    return ServeProcess(proc, data_dir, urls["relay"], urls["api"], Path(urls["ca"]), log_file)
+        elif line.startswith("Create the first host"):
+            break
+    ca = Path(urls["ca"]) if "ca" in urls else None
+    return ServeProcess(proc, data_dir, urls["relay"], urls["api"], ca, log_file)
+
+
+def host_add(data_dir: Path, email: str, password: str) -> None:
+    """Create a host account the way an operator does: ``switchboard host add``."""
+    done = subprocess.run(
+        switchboard_cmd("host", "add", email, "--password-stdin", "--data-dir", str(data_dir)),
+        input=password,
+        text=True,
+        capture_output=True,
+        timeout=TIMEOUT * 6,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture

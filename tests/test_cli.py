@@ -14,7 +14,7 @@ import pytest
 
 from switchboard.client import ApiClient, ApiError, Disconnected, Participant
 
-from .conftest import TIMEOUT, ServeProcess, switchboard_cmd
+from .conftest import TIMEOUT, ServeProcess, host_add, switchboard_cmd
 
 PASSWORD = "correct horse battery staple"
 
@@ -134,18 +134,7 @@ async def test_serve_banner_apikey_and_cdr_export(
     tmp_path: Path, serve_factory: Callable[..., ServeProcess]
 ) -> None:
     data = tmp_path / "var"
-    assert (
-        cli(
-            "host",
-            "add",
-            "ops@example.com",
-            "--password-stdin",
-            "--data-dir",
-            str(data),
-            stdin=PASSWORD,
-        ).returncode
-        == 0
-    )
+    host_add(data, "ops@example.com", PASSWORD)
     sp = serve_factory(data_dir=data)
     assert sp.relay_url.startswith("wss://localhost:")
     assert sp.relay_url.endswith("/v1/ws")
@@ -188,18 +177,7 @@ async def test_sigterm_ends_live_meetings_with_records_and_reconnect_close_code(
     tmp_path: Path, serve_factory: Callable[..., ServeProcess]
 ) -> None:
     data = tmp_path / "var"
-    assert (
-        cli(
-            "host",
-            "add",
-            "ops@example.com",
-            "--password-stdin",
-            "--data-dir",
-            str(data),
-            stdin=PASSWORD,
-        ).returncode
-        == 0
-    )
+    host_add(data, "ops@example.com", PASSWORD)
     sp = serve_factory(data_dir=data)
     async with ApiClient(sp.api_url, ca_file=sp.ca_file) as api:
         await api.sign_in("ops@example.com", PASSWORD)

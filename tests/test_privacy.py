@@ -10,7 +10,6 @@ them either.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import msgpack
 from switchboard.client import ApiClient, Chat, ErrorFrame, Participant
 from switchboard.core.wire import Kind
 
-from .conftest import ServeProcess, next_event, switchboard_cmd
+from .conftest import ServeProcess, host_add, next_event
 
 PASSWORD = "correct horse battery staple"
 
@@ -33,15 +32,7 @@ async def test_canaries_appear_nowhere_on_disk_or_in_debug_logs(
     tmp_path: Path, serve_factory: Callable[..., ServeProcess]
 ) -> None:
     data = tmp_path / "var"
-    subprocess.run(
-        switchboard_cmd(
-            "host", "add", "p@example.com", "--password-stdin", "--data-dir", str(data)
-        ),
-        input=PASSWORD,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    host_add(data, "p@example.com", PASSWORD)
     sp = serve_factory(data_dir=data, log_level="debug")
     canaries = [f"CANARY-{uuid.uuid4().hex}" for _ in range(6)]
     echoed: list[str] = []

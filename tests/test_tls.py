@@ -9,6 +9,7 @@ import socket
 import ssl
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ from cryptography.x509.oid import NameOID
 from switchboard.client import ApiClient, Chat, Participant, tls_context
 from switchboard.node import Node
 
-from .conftest import TIMEOUT, make_settings, next_event, switchboard_cmd
+from .conftest import TIMEOUT, ServeProcess, host_add, make_settings, next_event
+
+PASSWORD = "correct horse battery staple"
 
 
 def _ports(node: Node) -> list[int]:
@@ -194,7 +197,7 @@ def _served_serial(port: int) -> int:
 
 
 async def test_sighup_reloads_the_certificate_without_dropping_connections(
-    tmp_path: Path,
+    tmp_path: Path, serve_factory: Callable[..., ServeProcess]
 ) -> None:
     """A real ``switchboard serve`` process with configured certificate files."""
     ca1, cert, key = _make_cert(tmp_path / "one", serial=111)
@@ -202,72 +205,35 @@ async def test_sighup_reloads_the_certificate_without_dropping_connections(
     config = tmp_path / "switchboard.toml"
     config.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
     data_dir = tmp_path / "var"
-    proc = await asyncio.create_subprocess_exec(
-        *switchboard_cmd(
-            "serve",
-            "--config",
-            str(config),
-            "--data-dir",
-            str(data_dir),
-            "--relay-port",
-            "0",
-            "--api-port",
-            "0",
-        ),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        relay_url = api_url = ""
-        async with asyncio.timeout(TIMEOUT * 4):
-            while not (relay_url and api_url):
-                line = (await proc.stdout.readline()).decode()
-                assert line, "serve exited"
-                if "meetings (wss):" in line:
-                    relay_url = line.split()[-1]
-                if "API (https):" in line:
-                    api_url = line.split()[2]
-        relay_port = int(relay_url.rsplit(":", 1)[1].split("/")[0])
-        api_port = int(api_url.rsplit(":", 1)[1])
-        assert not (data_dir / "tls").exists()  # configured certificates: nothing generated
-        assert await asyncio.to_thread(_served_serial, relay_port) == 111
+    host_add(data_dir, "sighup@example.com", PASSWORD)
+    sp = serve_factory("--config", str(config), data_dir=data_dir)
+    assert sp.ca_file is None  # configured certificates: nothing generated
+    assert not (data_dir / "tls").exists()
+    assert await asyncio.to_thread(_served_serial, sp.relay_port) == 111
 
-        # A host made with the CLI invites three participants; two join now.
-        added = await asyncio.create_subprocess_exec(
-            *switchboard_cmd(
-                "host", "add", "sighup@example.com", "--password-stdin", "--data-dir", str(data_dir)
-            ),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        await added.communicate(b"correct horse battery staple\n")
-        assert added.returncode == 0
-        async with ApiClient(api_url, ca_file=ca1) as api:
-            await api.sign_in("sighup@example.com", "correct horse battery staple")
-            mid = (await api.create_meeting())["meeting_id"]
-            invitations = [(await api.invite(mid))["token"] for _ in range(3)]
-        a = await Participant.join(relay_url, invitations[0], ca_file=ca1)
-        b = await Participant.join(relay_url, invitations[1], ca_file=ca1)
+    # Two participants join over the first certificate.
+    async with ApiClient(sp.api_url, ca_file=ca1) as api:
+        await api.sign_in("sighup@example.com", PASSWORD)
+        mid = (await api.create_meeting())["meeting_id"]
+        invitations = [(await api.invite(mid))["token"] for _ in range(3)]
+    a = await Participant.join(sp.relay_url, invitations[0], ca_file=ca1)
+    b = await Participant.join(sp.relay_url, invitations[1], ca_file=ca1)
 
-        # Swap the files and reload.
-        cert.write_bytes(cert2.read_bytes())
-        key.write_bytes(key2.read_bytes())
-        proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(TIMEOUT):
-            while await asyncio.to_thread(_served_serial, relay_port) != 222:
-                await asyncio.sleep(0.05)
-        assert await asyncio.to_thread(_served_serial, api_port) == 222
+    # Swap the files and reload.
+    cert.write_bytes(cert2.read_bytes())
+    key.write_bytes(key2.read_bytes())
+    sp.proc.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(TIMEOUT):
+        while await asyncio.to_thread(_served_serial, sp.relay_port) != 222:
+            await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(_served_serial, sp.api_port) == 222
 
-        # Old connections are untouched and keep switching; new ones use the new chain.
-        await a.send_chat("after reload")
-        assert (await next_event(b, Chat)).text == "after reload"
-        c = await Participant.join(relay_url, invitations[2], ca_file=ca2)
-        await c.send_chat("new cert")
-        assert (await next_event(a, Chat)).text == "new cert"
-        for p in (a, b, c):
-            await p.leave()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), TIMEOUT * 3) == 0
+    # Old connections are untouched and keep switching; new ones use the new chain.
+    await a.send_chat("after reload")
+    assert (await next_event(b, Chat)).text == "after reload"
+    c = await Participant.join(sp.relay_url, invitations[2], ca_file=ca2)
+    await c.send_chat("new cert")
+    assert (await next_event(a, Chat)).text == "new cert"
+    for p in (a, b, c):
+        await p.leave()
+    assert await asyncio.to_thread(sp.stop) == 0
