@@ -220,3 +220,28 @@ async def test_record_pagination_by_cursor(host: Host) -> None:
         seen += [r["meeting_id"] for r in page["records"]]
         cursor = page["next_cursor"]
     assert seen == mids  # commit order, no gap, no duplicate
+
+
+async def test_unknown_paths_and_methods_answer_in_the_error_shape(node: Node) -> None:
+    async with httpx.AsyncClient(verify=tls_context(node.ca_file)) as http:
+        missing = await http.get(f"{node.api_url}/v1/nothing-here")
+        wrong = await http.put(f"{node.api_url}/v1/sessions")
+        spec = (await http.get(f"{node.api_url}/openapi.json")).json()
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    schemes = spec["components"]["securitySchemes"]
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())
+    invite = spec["paths"]["/v1/meetings/{meeting_id}/invitations"]["post"]["responses"]
+    assert invite["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+
+
+async def test_an_invitation_needs_no_body(host: Host) -> None:
+    mid = await host.meeting()
+    async with httpx.AsyncClient(verify=tls_context(host.node.ca_file)) as http:
+        response = await http.post(
+            f"{host.node.api_url}/v1/meetings/{mid}/invitations",
+            headers={"authorization": f"Bearer {host.api.token}"},
+        )
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["role"], body["max_uses"]) == ("attendee", 1)

@@ -394,3 +394,10 @@ def test_repr_survives_a_malformed_url() -> None:
     settings = load(environ={"SWITCHBOARD_DATABASE_URL": "sqlite://u:hunter2@[db/sb.db"})
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in mask_url("postgresql://u:hunter2@[::1/db")
+
+
+def test_default_invitation_ttl_may_not_exceed_the_maximum() -> None:
+    error = raises_config(
+        environ={"SWITCHBOARD_INVITATION_TTL": "7200", "SWITCHBOARD_INVITATION_MAX_TTL": "3600"}
+    )
+    assert "invitation_ttl" in error.reason

@@ -314,3 +314,71 @@ async def test_a_full_relay_answers_503_and_keeps_serving_the_others(tmp_path) -
             await first.send(encode_join("sbi_unknown"))
             refused = msgpack.unpackb(await first.recv(), raw=False)
             assert refused["code"] == "invitation_unknown"  # the first one is still served
+
+
+async def test_a_refused_join_gives_its_invitation_use_back(tmp_path) -> None:
+    from .conftest import make_settings
+
+    async with Node(make_settings(tmp_path / "var", max_participants=1)) as n:
+        h = await signed_in_host(n)
+        mid = await h.meeting()
+        first = await h.join(mid)
+        inv = await h.api.invite(mid)
+        with pytest.raises(JoinRefused) as full:
+            await Participant.join(n.relay_url, inv["token"], ca_file=n.ca_file)
+        assert full.value.error == "meeting_full"
+        assert full.value.code == CloseCode.FORBIDDEN
+        listed = {i["invitation_id"]: i for i in await h.api.invitations(mid)}
+        assert listed[inv["invitation_id"]]["uses"] == 0
+        await first.leave()
+        await h.api.close()
+
+
+def _silent_client(port: int, ca: str, token: str, interval: float) -> int | None:
+    """Join, then never answer a ping; return the close code the relay sends."""
+    import socket
+
+    from websockets.client import ClientProtocol
+    from websockets.frames import Close
+    from websockets.uri import parse_uri
+
+    proto = ClientProtocol(parse_uri(f"wss://localhost:{port}/v1/ws"))
+    ctx = ssl.create_default_context(cafile=ca)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        proto.send_request(proto.connect())
+        for data in proto.data_to_send():
+            sock.sendall(data)
+        while proto.state.name == "CONNECTING":
+            proto.receive_data(sock.recv(65536))
+            proto.events_received()
+        proto.send_binary(encode_join(token))
+        for data in proto.data_to_send():
+            sock.sendall(data)
+        # From here on, read but never send: pings go unanswered.
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            proto.receive_data(chunk)
+            for event in proto.events_received():
+                if getattr(event, "opcode", None) is not None and event.opcode.name == "CLOSE":
+                    return Close.parse(event.data).code
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(tmp_path) -> None:
+    from .conftest import make_settings
+
+    async with Node(make_settings(tmp_path / "var", ping_interval=0.2)) as n:
+        h = await signed_in_host(n)
+        mid = await h.meeting()
+        token = await h.invite(mid)
+        other = await h.join(mid)
+        code = await asyncio.to_thread(_silent_client, n.relay_port, str(n.ca_file), token, 0.2)
+        assert code == CloseCode.PING_TIMEOUT
+        # The healthy participant (whose SDK answers pings) is still there.
+        await other.send_chat("still alive")
+        await h.api.close()
+        await other.leave()

@@ -121,9 +121,14 @@ async def test_generated_ca_is_private_and_reused_across_restarts(tmp_path: Path
         assert first.ca_file is not None
         ca_pem = first.ca_file.read_bytes()
         leaf_pem = (settings.tls_dir / "server.pem").read_bytes()
-    for key in ("ca-key.pem", "server-key.pem"):
-        mode = stat.S_IMODE((settings.tls_dir / key).stat().st_mode)
+        await first.store.add_host("perm@example.com", "x", 0.0)  # the WAL exists while open
+        wal_mode = stat.S_IMODE((settings.data_dir / "switchboard.db-wal").stat().st_mode)
+        assert wal_mode == 0o600
+    for key in ("tls/ca-key.pem", "tls/server-key.pem", "switchboard.db"):
+        mode = stat.S_IMODE((settings.data_dir / key).stat().st_mode)
         assert mode == 0o600, f"{key} is readable by others: {oct(mode)}"
+    for folder in (settings.data_dir, settings.tls_dir):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     async with Node(settings) as second:
         assert second.ca_file is not None
         assert second.ca_file.read_bytes() == ca_pem
@@ -215,11 +220,12 @@ async def test_sighup_reloads_the_certificate_without_dropping_connections(
     async with ApiClient(sp.api_url, ca_file=ca1) as api:
         await api.sign_in("sighup@example.com", PASSWORD)
         mid = (await api.create_meeting())["meeting_id"]
-        invitations = [(await api.invite(mid))["token"] for _ in range(3)]
+        invitations = [(await api.invite(mid))["token"] for _ in range(4)]
     a = await Participant.join(sp.relay_url, invitations[0], ca_file=ca1)
     b = await Participant.join(sp.relay_url, invitations[1], ca_file=ca1)
 
     # Swap the files and reload.
+    cert1_pem = cert.read_bytes()
     cert.write_bytes(cert2.read_bytes())
     key.write_bytes(key2.read_bytes())
     sp.proc.send_signal(signal.SIGHUP)
@@ -234,6 +240,15 @@ async def test_sighup_reloads_the_certificate_without_dropping_connections(
     c = await Participant.join(sp.relay_url, invitations[2], ca_file=ca2)
     await c.send_chat("new cert")
     assert (await next_event(a, Chat)).text == "new cert"
-    for p in (a, b, c):
+
+    # A broken pair (certificate one, key two) is refused; the relay keeps serving pair two.
+    cert.write_bytes(cert1_pem)
+    sp.proc.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(TIMEOUT):
+        while b"tls reload failed" not in sp.log_file.read_bytes():
+            await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(_served_serial, sp.relay_port) == 222
+    d = await Participant.join(sp.relay_url, invitations[3], ca_file=ca2)
+    for p in (a, b, c, d):
         await p.leave()
     assert await asyncio.to_thread(sp.stop) == 0

@@ -179,6 +179,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.invitation_ttl > self.invitation_max_ttl:
+            raise ConfigError("invitation_ttl must not exceed invitation_max_ttl")
         if self.max_frame_bytes < 1024:
             raise ConfigError("max_frame_bytes must be at least 1024")
         if self.write_buffer_limit < self.max_frame_bytes:

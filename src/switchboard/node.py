@@ -108,7 +108,7 @@ class Node:
     async def start(self) -> None:
         """Bring everything up; raise :class:`ConfigError` if something cannot start."""
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.tls = ServerTLS(await asyncio.to_thread(self._tls_paths))
         relay_sock = _bind(s.bind, s.relay_port)
         try:

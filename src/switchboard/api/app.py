@@ -19,6 +19,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..clock import Clock
@@ -156,10 +158,16 @@ def create_app(services: Services) -> FastAPI:
     """Build the API application around ``services``."""
     settings, store, hub, clock = services.settings, services.store, services.hub, services.clock
     errors: dict[int | str, dict[str, Any]] = {
-        401: {"model": ErrorOut},
-        403: {"model": ErrorOut},
-        404: {"model": ErrorOut},
+        401: {"model": ErrorOut, "description": "no, unknown or expired credentials"},
+        403: {"model": ErrorOut, "description": "the credentials may not do this"},
+        404: {"model": ErrorOut, "description": "no such thing (for this caller)"},
+        413: {"model": ErrorOut, "description": "request body over 64 KiB"},
+        422: {"model": ErrorOut, "description": "a value is invalid; see details"},
     }
+    bearer = HTTPBearer(
+        auto_error=False,
+        description="A host session token (sbs_...) or an API key (sbk_...).",
+    )
     app = FastAPI(
         title="switchboard",
         version=__version__,
@@ -183,12 +191,21 @@ def create_app(services: Services) -> FastAPI:
             status_code=422,
         )
 
-    async def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "reason": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        if credentials is None or not credentials.credentials:
             raise AuthError("send 'Authorization: Bearer <session token or API key>'")
-        token = token.strip()
+        token = credentials.credentials.strip()
         kind = tokens.kind_of(token)
         now = clock.wall()
         if kind is tokens.TokenKind.SESSION:
@@ -297,8 +314,14 @@ def create_app(services: Services) -> FastAPI:
         tags=["meetings"],
         responses={**errors, 410: {"model": ErrorOut}},
     )
-    async def invite(meeting: OwnMeeting, body: InvitationCreate) -> InvitationCreated:
-        """Issue an invitation. Its token is in this response only."""
+    async def invite(
+        meeting: OwnMeeting, body: InvitationCreate | None = None
+    ) -> InvitationCreated:
+        """Issue an invitation (an empty body means an attendee, one use, 24 h).
+
+        Its token is in this response only.
+        """
+        body = body or InvitationCreate()
         if meeting.state == "ended":
             raise MeetingEnded("the meeting has ended; create a new one")
         ttl = settings.invitation_ttl if body.expires_in is None else body.expires_in

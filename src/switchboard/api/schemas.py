@@ -36,6 +36,9 @@ class ErrorOut(BaseModel):
 
     error: str = Field(examples=["invitation_expired"])
     reason: str
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="for invalid_request: which fields, and why"
+    )
 
 
 class SessionCreate(_Strict):

@@ -47,6 +47,8 @@ class CloseCode(enum.IntEnum):
 
     RELAY_SHUTDOWN = 4503
     """The relay is shutting down; reconnect (possibly to another node)."""
+    PING_TIMEOUT = 4504
+    """The client answered no keepalive ping for two intervals; reconnect."""
     TOO_SLOW = 4508
     """The client did not read fast enough and its buffer overflowed; reconnect."""
 

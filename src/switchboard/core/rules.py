@@ -53,8 +53,9 @@ def check(role: Role, kind: Kind, audience: Audience) -> None:
     """Raise :class:`Forbidden` unless ``role`` may send ``kind`` to ``audience``."""
     allowed = RULES.get((role, kind))
     if allowed is None or audience not in allowed:
+        article = "an" if role.value[0] in "aeiou" else "a"
         raise Forbidden(
-            f"a {role.value} may not send {kind.name.lower()} frames to {audience.value}",
+            f"{article} {role.value} may not send {kind.name.lower()} frames to {audience.value}",
             code="not_allowed",
         )
 

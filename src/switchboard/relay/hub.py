@@ -28,7 +28,7 @@ from ..core.meeting import Meeting, MeetingState
 from ..core.records import EndReason
 from ..core.rules import Audience
 from ..errors import MeetingEnded
-from ..store import Store, StoredRecord
+from ..store import Redemption, Store, StoredRecord
 from .connection import RelayConnection, binary_message
 
 __all__ = ["Hub", "Room"]
@@ -84,7 +84,7 @@ class Hub:
             deadline = self.clock.mono() - 2 * self.ping_interval
             for conn in list(self.connections):
                 if conn.last_rx < deadline:
-                    conn.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    conn.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
                 else:
                     conn.ping()
 
@@ -110,14 +110,30 @@ class Hub:
     # joining and leaving
 
     async def join(self, conn: RelayConnection, request: wire.JoinRequest) -> None:
-        """Redeem the invitation and seat ``conn`` in its meeting; raise why not."""
+        """Redeem the invitation and seat ``conn`` in its meeting; raise why not.
+
+        A redemption that does not end in a seat (the meeting is full or just
+        ended, the client went away meanwhile) gives its use back, so a refused
+        join never costs the invitee its invitation.
+        """
         if self._closing:
             raise MeetingEnded("the relay is shutting down")
         redemption = await self.store.redeem_invitation(
             tokens.digest(request.invitation), self.clock.wall()
         )
+        try:
+            seated = await self._seat(conn, request, redemption)
+        except BaseException:
+            await self.store.release_invitation(redemption.invitation_id)
+            raise
+        if not seated:
+            await self.store.release_invitation(redemption.invitation_id)
+
+    async def _seat(
+        self, conn: RelayConnection, request: wire.JoinRequest, redemption: Redemption
+    ) -> bool:
         if not conn.is_open:
-            return  # the client left while the store answered
+            return False  # the client left while the store answered
         mid = redemption.meeting_id
         if mid not in self.rooms:
             # The meeting may have ended (record committed, room gone) while the
@@ -126,7 +142,7 @@ class Hub:
             if row is None or row.state == "ended":
                 raise MeetingEnded("the meeting has ended")
             if not conn.is_open:
-                return
+                return False
         room = self.rooms.get(mid)
         created = room is None
         if room is None:
@@ -166,6 +182,7 @@ class Hub:
         )
         if created:
             await self.store.meeting_started(mid, meeting.started_at)
+        return True
 
     def connected(self, conn: RelayConnection) -> None:
         """A TLS connection was accepted."""

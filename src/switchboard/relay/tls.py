@@ -93,7 +93,7 @@ def ensure_local_ca(tls_dir: Path, public_host: str) -> CertPaths:
     The CA is made once. The server certificate is made again when it is
     missing, near expiry, or does not name ``public_host``.
     """
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_cert_path, ca_key_path = tls_dir / "ca.pem", tls_dir / "ca-key.pem"
     cert_path, key_path = tls_dir / "server.pem", tls_dir / "server-key.pem"
     now = dt.datetime.now(dt.UTC)
@@ -219,8 +219,14 @@ class ServerTLS:
         self.reload()
 
     def reload(self) -> None:
-        """Load the chain and key from disk again (SIGHUP). Raise ConfigError if broken."""
+        """Load the chain and key from disk again (SIGHUP). Raise ConfigError if broken.
+
+        The pair is first loaded into a scratch context: a certificate that does
+        not match its key (say, a half-finished renewal) is refused there, and
+        the live context keeps serving the previous pair.
+        """
         try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.paths.cert, self.paths.key)
             self.context.load_cert_chain(self.paths.cert, self.paths.key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(

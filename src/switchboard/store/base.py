@@ -181,6 +181,9 @@ class Store(Protocol):
         used up) or :class:`~switchboard.errors.MeetingEnded`.
         """
 
+    async def release_invitation(self, invitation_id: str) -> None:
+        """Give back one use of an invitation whose redemption did not lead to a seat."""
+
     # API keys
     async def create_api_key(
         self, digest: bytes, scopes: frozenset[str], label: str, now: float

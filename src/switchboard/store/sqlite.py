@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -151,7 +152,10 @@ class SqliteStore:
         return self._conn
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Accounts and password hashes are personal data: owner-only, whatever
+        # the umask. SQLite gives its -wal and -shm files the database's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -417,6 +421,14 @@ class SqliteStore:
             )
 
         return await self._run(self._tx, run)
+
+    async def release_invitation(self, invitation_id: str) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        await self._run(
+            self._db.execute,
+            "UPDATE invitations SET uses = uses - 1 WHERE invitation_id = ? AND uses > 0",
+            (invitation_id,),
+        )
 
     # API keys
 
