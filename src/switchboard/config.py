@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .core.limits import KindLimit, Limits
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Settings", "mask_url"]
@@ -83,6 +84,32 @@ class Settings:
     """Seconds between keepalive pings; a client silent for two intervals is closed."""
     write_buffer_limit: int = 4 << 20
     """Bytes queued to one receiver before it is closed as too slow (close 4508)."""
+    reconnect_grace: float = 30.0
+    """Seconds a dropped participant keeps its seat and role; 0 ends it at once."""
+    drop_video_bytes: int = 256 * 1024
+    """Bytes queued to a receiver above which its video frames are dropped."""
+    drop_screen_bytes: int = 512 * 1024
+    """Bytes queued to a receiver above which its screen frames are dropped."""
+    drop_audio_bytes: int = 1024 * 1024
+    """Bytes queued to a receiver above which its audio frames are dropped (last)."""
+    max_document_bytes: int = 64 << 20
+    """Largest document one share may carry, all chunks together."""
+    max_chat_bytes: int = 16 * 1024
+    """Largest chat payload."""
+    max_poll_bytes: int = 64 * 1024
+    """Largest poll payload."""
+    max_media_bytes: int = 256 * 1024
+    """Largest media frame payload."""
+    rate_chat: float = 10.0
+    """Chat frames per second per participant (bursts of twice that are allowed)."""
+    rate_poll: float = 20.0
+    """Poll frames per second per participant."""
+    rate_document: float = 400.0
+    """Document frames (chunks, page turns, annotations) per second per participant."""
+    rate_media: float = 400.0
+    """Media frames per second per participant, all tracks together."""
+    rate_control: float = 20.0
+    """Control requests per second per participant."""
     password_hash_concurrency: int = 2
     """Argon2 hashes computed at once, so a burst of sign-ins cannot starve switching."""
     log_level: str = "info"
@@ -175,6 +202,16 @@ class Settings:
             "join_timeout",
             "ping_interval",
             "password_hash_concurrency",
+            "drop_video_bytes",
+            "max_document_bytes",
+            "max_chat_bytes",
+            "max_poll_bytes",
+            "max_media_bytes",
+            "rate_chat",
+            "rate_poll",
+            "rate_document",
+            "rate_media",
+            "rate_control",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -185,6 +222,18 @@ class Settings:
             raise ConfigError("max_frame_bytes must be at least 1024")
         if self.write_buffer_limit < self.max_frame_bytes:
             raise ConfigError("write_buffer_limit must be at least max_frame_bytes")
+        if self.reconnect_grace < 0:
+            raise ConfigError("reconnect_grace must not be negative")
+        if not (
+            self.drop_video_bytes
+            <= self.drop_screen_bytes
+            <= self.drop_audio_bytes
+            <= self.write_buffer_limit
+        ):
+            raise ConfigError(
+                "need drop_video_bytes <= drop_screen_bytes <= drop_audio_bytes"
+                " <= write_buffer_limit (video is dropped first, audio last)"
+            )
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
         scheme = self.effective_database_url.split(":", 1)[0]
@@ -192,6 +241,21 @@ class Settings:
             raise ConfigError(f"database_url: unsupported scheme {scheme!r} (supported: sqlite)")
         if self.broker_url.split(":", 1)[0] not in ("local",):
             raise ConfigError("broker_url: unsupported scheme (supported: local:)")
+
+    def limits(self) -> Limits:
+        """The per-participant limits these settings describe."""
+
+        def kind(rate: float, max_bytes: int) -> KindLimit:
+            return KindLimit(rate=rate, burst=max(2 * rate, 10.0), max_bytes=max_bytes)
+
+        return Limits(
+            chat=kind(self.rate_chat, self.max_chat_bytes),
+            poll=kind(self.rate_poll, self.max_poll_bytes),
+            document=kind(self.rate_document, self.max_frame_bytes),
+            media=kind(self.rate_media, self.max_media_bytes),
+            control=kind(self.rate_control, 0),
+            max_document_bytes=self.max_document_bytes,
+        )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed, validated again."""

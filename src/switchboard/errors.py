@@ -25,8 +25,9 @@ to send back to the client that caused them.
     ├── InvitationError              cannot join with this invitation (close 4401)
     ├── MeetingEnded                 the meeting is over (HTTP 410, close 4410)
     └── ProtocolError                a client broke the wire protocol (close 4400)
-        └── FrameError               one bad frame: answered with an error frame,
-                                     the connection is kept
+        ├── FrameError               one bad frame: answered with an error frame,
+        │                            the connection is kept
+        └── Abuse                    refused frames again and again (close 4429)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 from .core.codes import CloseCode
 
 __all__ = [
+    "Abuse",
     "AuthError",
     "BrokerError",
     "BrokerFull",
@@ -162,3 +164,10 @@ class FrameError(ProtocolError):
     """One frame is wrong; the sender gets an error frame and stays connected."""
 
     code = "bad_frame"
+
+
+class Abuse(ProtocolError):
+    """Too many refused frames in a short time: the connection is closed."""
+
+    code = "abuse"
+    close_code = CloseCode.ABUSE

@@ -29,6 +29,7 @@ from .config import Settings
 from .errors import ConfigError
 from .passwords import Passwords
 from .relay import WS_PATH, Hub, start_relay
+from .relay.hub import DropPolicy
 from .relay.tls import CertPaths, ServerTLS, ensure_local_ca
 from .store import Store, open_store
 
@@ -126,6 +127,9 @@ class Node:
             max_participants=s.max_participants,
             max_connections=s.max_connections,
             ping_interval=s.ping_interval,
+            reconnect_grace=s.reconnect_grace,
+            limits=s.limits(),
+            drop=DropPolicy(s.drop_video_bytes, s.drop_screen_bytes, s.drop_audio_bytes),
         )
         self._hub.start()
         self._relay = await start_relay(

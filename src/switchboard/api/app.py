@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..clock import Clock
 from ..config import Settings
-from ..core import tokens
+from ..core import tokens, wire
 from ..core.records import EndReason, iso_utc
 from ..errors import (
     AuthError,
@@ -48,6 +48,8 @@ from .schemas import (
     InvitationCreated,
     InvitationOut,
     MeetingOut,
+    ModerationRequest,
+    ParticipantOut,
     SessionCreate,
     SessionOut,
 )
@@ -360,6 +362,26 @@ def create_app(services: Services) -> FastAPI:
         if not await store.revoke_invitation(meeting.meeting_id, invitation_id):
             raise NotFound("no such invitation")
         return Response(status_code=204)
+
+    @app.get("/v1/meetings/{meeting_id}/participants", tags=["meetings"], responses=errors)
+    async def participants(meeting: OwnMeeting) -> list[ParticipantOut]:
+        """Who is in the live meeting now, and who waits in the lobby."""
+        return [ParticipantOut(**p) for p in hub.participants(meeting.meeting_id)]
+
+    @app.post(
+        "/v1/meetings/{meeting_id}/moderation",
+        tags=["meetings"],
+        responses={**errors, 400: {"model": ErrorOut}},
+    )
+    async def moderate(meeting: OwnMeeting, body: ModerationRequest) -> list[ParticipantOut]:
+        """Moderate a live meeting: lobby, admit, deny, lock, eject, mute, role, webinar.
+
+        The same operations as a host's control frames, with the same effects;
+        answers with the participants afterwards.
+        """
+        header = body.model_dump(exclude_none=True)
+        op, args = wire.parse_control({**header, "op": body.op.value})
+        return [ParticipantOut(**p) for p in hub.moderate(meeting.meeting_id, op, args)]
 
     @app.post("/v1/meetings/{meeting_id}/end", tags=["meetings"], responses=errors)
     async def end(meeting: OwnMeeting) -> EndMeetingOut:

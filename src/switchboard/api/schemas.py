@@ -7,6 +7,7 @@ make the server do unbounded work.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +23,9 @@ __all__ = [
     "InvitationCreated",
     "InvitationOut",
     "MeetingOut",
+    "ModerationOp",
+    "ModerationRequest",
+    "ParticipantOut",
     "SessionCreate",
     "SessionOut",
 ]
@@ -99,6 +103,40 @@ class InvitationCreated(InvitationOut):
 
     token: str
     join_url: str = Field(description="the wss endpoint to present the token to")
+
+
+class ModerationOp(enum.StrEnum):
+    """What a host can do to a live meeting over the API (as over the websocket)."""
+
+    LOBBY = "lobby"
+    ADMIT = "admit"
+    DENY = "deny"
+    LOCK = "lock"
+    EJECT = "eject"
+    MUTE = "mute"
+    ROLE = "role"
+    WEBINAR = "webinar"
+
+
+class ModerationRequest(_Strict):
+    """One moderation operation; the fields it needs are as in ``docs/protocol.md``."""
+
+    op: ModerationOp
+    pid: int | None = Field(default=None, ge=0, description="admit, deny, eject, mute, role")
+    track: int | None = Field(default=None, ge=0, le=65535, description="mute")
+    on: bool = Field(default=True, description="lobby, lock, webinar, mute: on or off")
+    role: Role | None = Field(default=None, description="role: the new role")
+
+
+class ParticipantOut(BaseModel):
+    """A participant of a live meeting (no address, nothing it said)."""
+
+    pid: int
+    role: Role
+    name: str
+    tracks: list[list[int]] = Field(default_factory=list, description="[track, media] pairs")
+    away: bool = Field(default=False, description="connection lost; its seat is held")
+    lobby: bool = Field(default=False, description="waiting for a host to admit it")
 
 
 class CallRecordOut(BaseModel):

@@ -13,30 +13,54 @@ benchmarks use this SDK, so it is the reference client of ``docs/protocol.md``.
 
 from __future__ import annotations
 
+from ..core.wire import Media
 from .api import ApiClient, ApiError, tls_context
 from .participant import (
+    DOCUMENT_CHUNK_BYTES,
+    Admitted,
+    Away,
+    Back,
     Chat,
     Disconnected,
+    Document,
+    DocumentReceived,
     Ended,
     ErrorFrame,
     Event,
     Joined,
     JoinRefused,
+    KeyframeRequested,
     Left,
+    MediaFrame,
+    Notice,
     Participant,
+    Poll,
+    SyncRequested,
 )
 
 __all__ = [
+    "DOCUMENT_CHUNK_BYTES",
+    "Admitted",
     "ApiClient",
     "ApiError",
+    "Away",
+    "Back",
     "Chat",
     "Disconnected",
+    "Document",
+    "DocumentReceived",
     "Ended",
     "ErrorFrame",
     "Event",
     "JoinRefused",
     "Joined",
+    "KeyframeRequested",
     "Left",
+    "Media",
+    "MediaFrame",
+    "Notice",
     "Participant",
+    "Poll",
+    "SyncRequested",
     "tls_context",
 ]

@@ -133,6 +133,20 @@ class ApiClient:
         """Revoke an invitation."""
         await self._call("DELETE", f"/v1/meetings/{meeting_id}/invitations/{invitation_id}")
 
+    async def participants(self, meeting_id: str) -> list[dict[str, Any]]:
+        """Who is in a live meeting now (and who waits in its lobby)."""
+        result: list[dict[str, Any]] = await self._call(
+            "GET", f"/v1/meetings/{meeting_id}/participants"
+        )
+        return result
+
+    async def moderate(self, meeting_id: str, op: str, **fields: Any) -> list[dict[str, Any]]:
+        """Moderate a live meeting (lobby, admit, deny, lock, eject, mute, role, webinar)."""
+        result: list[dict[str, Any]] = await self._call(
+            "POST", f"/v1/meetings/{meeting_id}/moderation", json={"op": op, **fields}
+        )
+        return result
+
     async def end_meeting(self, meeting_id: str) -> dict[str, Any]:
         """End a meeting for everyone; returns the meeting and its committed record."""
         result: dict[str, Any] = await self._call("POST", f"/v1/meetings/{meeting_id}/end")

@@ -39,11 +39,15 @@ class CloseCode(enum.IntEnum):
     INVITATION_INVALID = 4401
     """The invitation is unknown, expired, revoked or used up."""
     FORBIDDEN = 4403
-    """The meeting does not accept this participant now."""
+    """The meeting does not accept this participant: full, locked, denied or ejected."""
     JOIN_TIMEOUT = 4408
     """No join message arrived within the join timeout."""
+    REPLACED = 4409
+    """The participant resumed on another connection; this one is obsolete."""
     MEETING_ENDED = 4410
     """The meeting is over."""
+    ABUSE = 4429
+    """The client kept sending frames over its rate or size limits."""
 
     RELAY_SHUTDOWN = 4503
     """The relay is shutting down; reconnect (possibly to another node)."""

@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from .wire import Kind
+from .wire import Kind, Media
 
 __all__ = [
     "COLUMNS",
@@ -27,13 +27,23 @@ __all__ = [
     "EndReason",
     "FeatureUsage",
     "UsageMeter",
+    "feature_of",
     "iso_utc",
 ]
 
 SCHEMA_VERSION = 1
 
-FEATURES: tuple[str, ...] = tuple(k.name.lower() for k in Kind if k is not Kind.CONTROL)
-"""Features a record can report, one per data frame kind."""
+FEATURES: tuple[str, ...] = ("chat", "poll", "document", "audio", "video", "screen")
+"""Features a record can report: the data kinds, with media split by type."""
+
+_MEDIA_FEATURES = {Media.AUDIO: "audio", Media.VIDEO: "video", Media.SCREEN: "screen"}
+
+
+def feature_of(kind: Kind, media: int | None = None) -> str:
+    """The record feature a frame counts towards."""
+    if kind is Kind.MEDIA:
+        return _MEDIA_FEATURES[Media(media if media is not None else 0)]
+    return kind.name.lower()
 
 
 class EndReason(enum.StrEnum):
@@ -55,10 +65,11 @@ def iso_utc(epoch: float) -> str:
 
 @dataclass(slots=True)
 class FeatureUsage:
-    """Traffic of one feature: frames in, bytes in, deliveries out, first and last use.
+    """Traffic of one feature: frames in, bytes in, deliveries out, deliveries dropped.
 
-    ``first_use`` and ``last_use`` are seconds since the meeting started
-    (monotonic).
+    ``dropped`` counts frames not delivered to a congested receiver (the media
+    drop policy). ``first_use`` and ``last_use`` are seconds since the meeting
+    started (monotonic).
     """
 
     frames: int = 0
@@ -66,6 +77,7 @@ class FeatureUsage:
     deliveries: int = 0
     first_use: float = 0.0
     last_use: float = 0.0
+    dropped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -73,6 +85,7 @@ class FeatureUsage:
             "frames": self.frames,
             "bytes": self.bytes,
             "deliveries": self.deliveries,
+            "dropped": self.dropped,
             "first_use": round(self.first_use, 3),
             "last_use": round(self.last_use, 3),
         }
@@ -138,6 +151,7 @@ class CallRecord:
             row[f"{name}_frames"] = use.frames
             row[f"{name}_bytes"] = use.bytes
             row[f"{name}_deliveries"] = use.deliveries
+            row[f"{name}_dropped"] = use.dropped
         return row
 
 
@@ -162,7 +176,9 @@ _BASE_COLUMNS = (
 )
 
 COLUMNS: tuple[str, ...] = _BASE_COLUMNS + tuple(
-    f"{name}_{counter}" for name in FEATURES for counter in ("frames", "bytes", "deliveries")
+    f"{name}_{counter}"
+    for name in FEATURES
+    for counter in ("frames", "bytes", "deliveries", "dropped")
 )
 """The allow-list: every field a flat record (CSV export, store columns) may have."""
 
@@ -178,7 +194,7 @@ class UsageMeter:
     def __init__(self, started_mono: float) -> None:
         self._started_mono = started_mono
         self._seats: set[str] = set()
-        self._features: dict[Kind, FeatureUsage] = {}
+        self._features: dict[str, FeatureUsage] = {}
         self.current = 0
         self.peak = 0
 
@@ -193,16 +209,22 @@ class UsageMeter:
         """A participant left."""
         self.current -= 1
 
-    def switched(self, kind: Kind, nbytes: int, deliveries: int, now_mono: float) -> None:
-        """One inbound frame of ``kind`` was switched to ``deliveries`` recipients."""
-        use = self._features.get(kind)
-        at = now_mono - self._started_mono
+    def _use(self, feature: str, now_mono: float) -> FeatureUsage:
+        use = self._features.get(feature)
         if use is None:
-            use = self._features[kind] = FeatureUsage(first_use=at)
+            use = self._features[feature] = FeatureUsage(first_use=now_mono - self._started_mono)
+        return use
+
+    def switched(
+        self, feature: str, nbytes: int, deliveries: int, dropped: int, now_mono: float
+    ) -> None:
+        """One inbound frame of ``feature`` reached ``deliveries`` recipients, ``dropped`` not."""
+        use = self._use(feature, now_mono)
         use.frames += 1
         use.bytes += nbytes
         use.deliveries += deliveries
-        use.last_use = at
+        use.dropped += dropped
+        use.last_use = now_mono - self._started_mono
 
     def finish(
         self,
@@ -227,9 +249,14 @@ class UsageMeter:
             distinct_participants=len(self._seats),
             end_reason=end_reason.value,
             features={
-                kind.name.lower(): FeatureUsage(
-                    use.frames, use.bytes, use.deliveries, use.first_use, use.last_use
+                name: FeatureUsage(
+                    use.frames,
+                    use.bytes,
+                    use.deliveries,
+                    use.first_use,
+                    use.last_use,
+                    use.dropped,
                 )
-                for kind, use in self._features.items()
+                for name, use in self._features.items()
             },
         )

@@ -34,6 +34,7 @@ class TokenKind(enum.StrEnum):
     INVITATION = "sbi_"
     SESSION = "sbs_"
     API_KEY = "sbk_"
+    RESUME = "sbr_"
 
 
 def mint(kind: TokenKind) -> tuple[str, bytes]:

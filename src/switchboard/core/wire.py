@@ -9,7 +9,8 @@ to end) and keeps its per-frame work independent of payload size.
 
 The relay *re-encodes* the header it forwards (with the sender stamped by the
 relay, never trusted from the client) once per inbound frame; the same bytes go
-to every recipient. Unknown header keys from clients are dropped, never echoed.
+to every recipient. Of a client's header only the validated fields of the
+frame's kind are forwarded; unknown keys are dropped, never echoed.
 
 This module is sans-I/O: bytes in, values out. See ``docs/protocol.md``.
 """
@@ -17,7 +18,9 @@ This module is sans-I/O: bytes in, values out. See ``docs/protocol.md``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -25,17 +28,22 @@ import msgpack
 from ..errors import FrameError, ProtocolError
 
 __all__ = [
+    "CONTROL_OPS",
+    "DOCUMENT_OPS",
     "MAX_HEADER_BYTES",
     "MAX_NAME_CHARS",
+    "POLL_OPS",
     "PROTOCOL_VERSION",
     "ClientFrame",
     "JoinRequest",
     "Kind",
+    "Media",
     "encode_control",
     "encode_data",
     "encode_join",
     "pack_data_header",
     "parse_client_frame",
+    "parse_control",
     "parse_join",
     "split_frame",
 ]
@@ -56,29 +64,84 @@ class Kind(enum.IntEnum):
     """What a frame carries; the ``k`` field of every header."""
 
     CONTROL = 0
-    """Join, welcome, roster changes, errors, the end of the meeting."""
+    """Join, welcome, roster changes, moderation, keyframe and sync requests, errors."""
     CHAT = 1
     """A chat message: to everyone, or privately to one participant (``to``)."""
+    POLL = 2
+    """A poll: opened, answered (to its owner only), results published, closed."""
+    DOCUMENT = 3
+    """A shared document: chunks, page turns, annotations; from a presenter."""
+    MEDIA = 4
+    """One audio, video or screen frame of a published track."""
+
+
+class Media(enum.IntEnum):
+    """The ``m`` field of media frames and tracks: what a track carries."""
+
+    AUDIO = 0
+    VIDEO = 1
+    SCREEN = 2
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+_MEDIA = frozenset(int(m) for m in Media)
+
+POLL_OPS = frozenset({"open", "answer", "results", "close"})
+"""Poll operations (``op`` of a poll frame)."""
+
+DOCUMENT_OPS = frozenset({"chunk", "page", "annotate", "stop"})
+"""Document operations (``op`` of a document frame)."""
+
+CONTROL_OPS = frozenset(
+    {
+        "lobby",
+        "admit",
+        "deny",
+        "lock",
+        "eject",
+        "mute",
+        "role",
+        "webinar",
+        "end",
+        "publish",
+        "subscribe",
+        "receive",
+        "keyframe",
+    }
+)
+"""Control operations a joined participant may send (see :mod:`.rules` for who may)."""
+
+_U16 = (1 << 16) - 1
+_U32 = (1 << 32) - 1
+_U63 = (1 << 63) - 1
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_ROLES = frozenset({"host", "presenter", "attendee"})
 
 
 @dataclass(frozen=True, slots=True)
 class ClientFrame:
-    """A client data frame as the relay sees it: routing fields and payload span."""
+    """A client frame as the relay sees it: routing fields and where the payload starts.
+
+    ``fields`` holds the validated kind-specific header fields: for data kinds
+    exactly what the relay forwards (poll id, document id and chunk number,
+    media track, sequence, keyframe flag, timestamp); for control frames the
+    operation's parameters.
+    """
 
     kind: Kind
     to: int | None
     payload_offset: int
+    op: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
 class JoinRequest:
-    """The first message of every connection: the invitation, and a display name."""
+    """The first message of every connection: an invitation (or a resume token), and a name."""
 
     invitation: str
     name: str
+    resume: bool = False
 
 
 def split_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
@@ -114,11 +177,127 @@ def split_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], i
     return header, unpacker.tell()
 
 
-def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
-    """Read the routing fields of a data frame sent by a participant.
+# Field readers. Error messages name the field, never the value a client sent.
 
-    Only ``k`` (kind) and ``to`` (one recipient) are read; everything else in the
-    header is ignored, and the payload is located, not read.
+
+def _uint(header: Mapping[str, Any], key: str, limit: int, *, required: bool) -> int | None:
+    value = header.get(key)
+    if value is None:
+        if required:
+            raise FrameError(f"'{key}' is required", code="missing_field")
+        return None
+    if type(value) is not int or not 0 <= value <= limit:
+        raise FrameError(f"'{key}' must be an integer from 0 to {limit}", code="bad_field")
+    return value
+
+
+def _flag(header: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = header.get(key, default)
+    if type(value) is not bool:
+        raise FrameError(f"'{key}' must be true or false", code="bad_field")
+    return value
+
+
+def _media_type(header: Mapping[str, Any]) -> int:
+    m = header.get("m")
+    if type(m) is not int or m not in _MEDIA:
+        raise FrameError("'m' must be 0 (audio), 1 (video) or 2 (screen)", code="bad_field")
+    return m
+
+
+def _op(header: Mapping[str, Any], allowed: frozenset[str], kind: str) -> str:
+    op = header.get("op")
+    if type(op) is not str or op not in allowed:
+        raise FrameError(
+            f"{kind} frames need 'op', one of: {', '.join(sorted(allowed))}", code="bad_op"
+        )
+    return op
+
+
+def _poll(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    op = _op(header, POLL_OPS, "poll")
+    return op, {"op": op, "poll": _uint(header, "poll", _U32, required=True)}
+
+
+def _document(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    op = _op(header, DOCUMENT_OPS, "document")
+    fields: dict[str, Any] = {"op": op, "doc": _uint(header, "doc", _U32, required=True)}
+    if op == "chunk":
+        fields["seq"] = _uint(header, "seq", _U32, required=True)
+        fields["fin"] = _flag(header, "fin", False)
+        size = _uint(header, "size", _U63, required=False)
+        if size is not None:
+            fields["size"] = size
+    elif op == "page":
+        fields["page"] = _uint(header, "page", _U32, required=True)
+    return op, fields
+
+
+def _media(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    fields: dict[str, Any] = {
+        "track": _uint(header, "track", _U16, required=True),
+        "m": _media_type(header),
+        "seq": _uint(header, "seq", _U32, required=True),
+        "key": _flag(header, "key", False),
+    }
+    ts = _uint(header, "ts", _U63, required=False)
+    if ts is not None:
+        fields["ts"] = ts
+    return None, fields
+
+
+_NEEDS_PID = frozenset({"admit", "deny", "eject", "mute", "role", "subscribe", "keyframe"})
+_NEEDS_TRACK = frozenset({"mute", "publish", "keyframe"})
+_HAS_ON = frozenset({"lobby", "lock", "webinar", "mute", "publish", "subscribe", "receive"})
+
+
+def parse_control(header: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Validate a control request given as a header map: its ``op`` and parameters.
+
+    The relay uses it for control frames; the HTTPS API for the same operations
+    sent by a host app, so both paths accept exactly the same requests.
+    """
+    op, fields = _control(header)
+    assert op is not None
+    return op, fields
+
+
+def _control(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    if header.get("op") == "join":
+        raise FrameError("already joined", code="already_joined")
+    op = _op(header, CONTROL_OPS, "control")
+    fields: dict[str, Any] = {}
+    pid = _uint(header, "pid", _U32, required=op in _NEEDS_PID)
+    if pid is not None:
+        fields["pid"] = pid
+    track = _uint(header, "track", _U16, required=op in _NEEDS_TRACK)
+    if track is not None:
+        fields["track"] = track
+    if op in _HAS_ON:
+        fields["on"] = _flag(header, "on", True)
+    if op in ("publish", "receive"):
+        fields["m"] = _media_type(header)
+    if op == "role":
+        role = header.get("role")
+        if type(role) is not str or role not in _ROLES:
+            raise FrameError("'role' must be host, presenter or attendee", code="bad_field")
+        fields["role"] = role
+    return op, fields
+
+
+_PARSERS: dict[Kind, Callable[[Mapping[str, Any]], tuple[str | None, dict[str, Any]]]] = {
+    Kind.POLL: _poll,
+    Kind.DOCUMENT: _document,
+    Kind.MEDIA: _media,
+    Kind.CONTROL: _control,
+}
+
+
+def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
+    """Read the routing fields of a frame sent by a joined participant.
+
+    Only the fields of the frame's kind are read and checked; anything else in
+    the header is ignored (never forwarded), and the payload is located, not read.
     """
     header, offset = split_frame(data)
     kind = header.get("k")
@@ -127,9 +306,14 @@ def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
         shown = f" {kind}" if type(kind) is int else ""
         raise FrameError(f"unknown frame kind{shown} (field 'k')", code="unknown_kind")
     to = header.get("to")
-    if to is not None and type(to) is not int:
+    if to is not None and (type(to) is not int or not 0 <= to <= _U32):
         raise FrameError("'to' must be a participant id (integer)", code="bad_recipient")
-    return ClientFrame(Kind(kind), to, offset)
+    k = Kind(kind)
+    parser = _PARSERS.get(k)
+    if parser is None:
+        return ClientFrame(k, to, offset)
+    op, fields = parser(header)
+    return ClientFrame(k, to, offset, op, fields)
 
 
 def parse_join(data: bytes | bytearray | memoryview) -> JoinRequest:
@@ -144,6 +328,11 @@ def parse_join(data: bytes | bytearray | memoryview) -> JoinRequest:
             "the first message must be a join: {k: 0, op: 'join', inv: <invitation>}",
             code="bad_join",
         )
+    resume = header.get("resume")
+    if resume is not None:
+        if not isinstance(resume, str) or not 0 < len(resume) <= _MAX_INVITATION_CHARS:
+            raise ProtocolError("join message: 'resume' must be the resume token", code="bad_join")
+        return JoinRequest(resume, "", resume=True)
     invitation = header.get("inv")
     if not isinstance(invitation, str) or not 0 < len(invitation) <= _MAX_INVITATION_CHARS:
         raise ProtocolError("join message: 'inv' must be the invitation string", code="bad_join")
@@ -159,25 +348,38 @@ def parse_join(data: bytes | bytearray | memoryview) -> JoinRequest:
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
-def pack_data_header(kind: Kind, sender: int, to: int | None) -> bytes:
-    """The header of a frame the relay forwards: kind, sender stamped by the relay, ``to``."""
+def pack_data_header(
+    kind: Kind, sender: int, to: int | None, fields: Mapping[str, Any] = _EMPTY
+) -> bytes:
+    """The header of a frame the relay forwards.
+
+    Kind, the sender stamped by the relay, the validated kind fields, and ``to``
+    when the frame is addressed to one participant.
+    """
     header: dict[str, Any] = {"k": int(kind), "from": sender}
+    if fields:
+        header.update(fields)
     if to is not None:
         header["to"] = to
     return _pack(header)  # type: ignore[no-any-return]
 
 
-def encode_data(kind: Kind, to: int | None, payload: bytes | bytearray | memoryview) -> bytes:
-    """Encode a data frame as a client sends it: header, then the payload as is."""
+def encode_data(
+    kind: Kind, to: int | None, payload: bytes | bytearray | memoryview, **fields: Any
+) -> bytes:
+    """Encode a frame as a client sends it: header (kind, kind fields, ``to``), then payload."""
     header: dict[str, Any] = {"k": int(kind)}
+    header.update(fields)
     if to is not None:
         header["to"] = to
     return b"".join((_pack(header), payload))
 
 
-def encode_join(invitation: str, name: str = "") -> bytes:
-    """Encode the join message a client sends first."""
-    return _pack({"k": int(Kind.CONTROL), "op": "join", "inv": invitation, "name": name})  # type: ignore[no-any-return]
+def encode_join(invitation: str, name: str = "", *, resume: bool = False) -> bytes:
+    """Encode the join message a client sends first (``resume=True``: a resume token)."""
+    key = "resume" if resume else "inv"
+    header = {"k": int(Kind.CONTROL), "op": "join", key: invitation, "name": name}
+    return _pack(header)  # type: ignore[no-any-return]
 
 
 def encode_control(op: str, **fields: Any) -> bytes:

@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 
 from ..core import wire
 from ..core.codes import CloseCode
-from ..errors import FrameError, ProtocolError, SwitchboardError
+from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 
 if TYPE_CHECKING:
     from ..core.meeting import Participant
@@ -191,6 +191,9 @@ class RelayConnection(asyncio.Protocol):
         if self.participant is not None:
             try:
                 self.hub.switch(self, data)
+            except Abuse as exc:
+                self.send_error(exc)
+                self.close(exc.close_code, exc.reason)
             except SwitchboardError as exc:
                 # FrameError, Forbidden, MeetingEnded: the frame is refused, the
                 # connection stays, and no one else notices.
@@ -242,6 +245,17 @@ class RelayConnection(asyncio.Protocol):
     def is_open(self) -> bool:
         """Frames may still be written."""
         return self.transport is not None and self.proto.state is State.OPEN
+
+    @property
+    def left_on_purpose(self) -> bool:
+        """The client closed with a normal close frame (it left; it did not drop)."""
+        received = self.proto.close_rcvd
+        return received is not None and received.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+
+    def buffered(self) -> int:
+        """Bytes written to this connection and not yet sent."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     def write_frame(self, message: bytes) -> None:
         """Queue one pre-framed message (:func:`binary_message`); never blocks."""

@@ -5,12 +5,21 @@ header, asks the meeting where the frame goes, encodes the outbound frame
 *once* (relay header with the sender stamped, the payload bytes as they
 arrived, websocket framing) and hands that one byte string to each recipient's
 transport. There is no await, no task and no per-recipient encoding on this
-path; a slow recipient costs the sender nothing (its own buffer fills and it is
-closed, see :mod:`.connection`).
+path, and a sender is never slowed by a receiver:
+
+* Reliable kinds (chat, poll, document, control) are always written; a
+  receiver whose buffer passes ``write_buffer_limit`` is closed as too slow.
+* Media is dropped for a congested receiver: video above
+  ``drop_video_bytes`` buffered, screen above ``drop_screen_bytes``, audio
+  only above ``drop_audio_bytes``. After a video or screen drop that receiver
+  skips the track's delta frames until the next keyframe, and the sender is
+  asked for one (at most once per track per 500 ms).
 
 The hub also runs each meeting's lifecycle: it creates the meeting on the
-first join, ends it when the host ends it or the last participant leaves, and
-commits the call record *before* anyone is told the meeting ended.
+first join, holds the seat of a participant whose connection dropped for
+``reconnect_grace`` seconds (so a host keeps its role across a reconnect),
+applies moderation, and ends the meeting when a host ends it or the last
+participant is gone, committing the call record *before* anyone is told.
 """
 
 from __future__ import annotations
@@ -19,32 +28,79 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from ..clock import Clock
 from ..core import tokens, wire
 from ..core.codes import CloseCode
-from ..core.meeting import Meeting, MeetingState
+from ..core.limits import Limits
+from ..core.meeting import (
+    Admitted,
+    Announce,
+    EndRequested,
+    Event,
+    KeyframeRequest,
+    Meeting,
+    MeetingState,
+    Participant,
+    Presence,
+    Removed,
+)
 from ..core.records import EndReason
-from ..core.rules import Audience
-from ..errors import MeetingEnded
+from ..core.rules import Audience, Role
+from ..core.wire import Kind, Media
+from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
 from ..store import Redemption, Store, StoredRecord
 from .connection import RelayConnection, binary_message
 
-__all__ = ["Hub", "Room"]
+__all__ = ["DropPolicy", "Hub", "Room"]
 
 log = logging.getLogger("switchboard.relay")
 
 
-class Room:
-    """A meeting live on this node and the connections of its participants."""
+@dataclass(frozen=True, slots=True)
+class DropPolicy:
+    """Buffered bytes at which media to one receiver is dropped: video, then screen, audio."""
 
-    __slots__ = ("conns", "done", "meeting")
+    video: int = 256 * 1024
+    screen: int = 512 * 1024
+    audio: int = 1024 * 1024
+
+    def threshold(self, media: int) -> int:
+        """The drop threshold of one media type."""
+        if media == Media.AUDIO:
+            return self.audio
+        return self.video if media == Media.VIDEO else self.screen
+
+
+class Room:
+    """A meeting live on this node: its connections, lobby, reconnect timers, resume tokens."""
+
+    __slots__ = ("away_timers", "conns", "done", "lobby_conns", "meeting", "resume")
 
     def __init__(self, meeting: Meeting) -> None:
         self.meeting = meeting
         self.conns: dict[int, RelayConnection] = {}
+        """Connections of admitted participants who are here."""
+        self.lobby_conns: dict[int, RelayConnection] = {}
+        self.away_timers: dict[int, asyncio.TimerHandle] = {}
+        self.resume: dict[int, bytes] = {}
+        """pid -> digest of its current resume token."""
         self.done: asyncio.Future[StoredRecord] | None = None
+
+    def announce(self, op: str, **fields: Any) -> None:
+        """Send one control frame to every admitted participant here (encoded once)."""
+        message = binary_message(wire.encode_control(op, **fields))
+        for conn in self.conns.values():
+            conn.write_frame(message)
+
+    def tell_hosts(self, op: str, **fields: Any) -> None:
+        """Send one control frame to the hosts here."""
+        message = binary_message(wire.encode_control(op, **fields))
+        for conn in self.conns.values():
+            if conn.participant is not None and conn.participant.role is Role.HOST:
+                conn.write_frame(message)
 
 
 class Hub:
@@ -58,14 +114,21 @@ class Hub:
         max_participants: int = 500,
         max_connections: int = 10_000,
         ping_interval: float = 20.0,
+        reconnect_grace: float = 30.0,
+        limits: Limits | None = None,
+        drop: DropPolicy | None = None,
     ) -> None:
         self.store = store
         self.clock = clock or Clock()
         self.max_participants = max_participants
         self.max_connections = max_connections
         self.ping_interval = ping_interval
+        self.reconnect_grace = reconnect_grace
+        self.limits = limits or Limits()
+        self.drop = drop or DropPolicy()
         self.rooms: dict[str, Room] = {}
         self.connections: set[RelayConnection] = set()
+        self._resume: dict[bytes, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
         self._closing = False
@@ -105,19 +168,36 @@ class Hub:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
 
-    # joining and leaving
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %s", type(task.exception()).__name__)
+
+    def connected(self, conn: RelayConnection) -> None:
+        """A TLS connection was accepted."""
+        self.connections.add(conn)
+        self._drained.clear()
+
+    async def drained(self) -> None:
+        """Wait until no connection is left."""
+        await self._drained.wait()
+
+    # joining
 
     async def join(self, conn: RelayConnection, request: wire.JoinRequest) -> None:
-        """Redeem the invitation and seat ``conn`` in its meeting; raise why not.
+        """Seat ``conn``: resume a held seat, or redeem an invitation; raise why not.
 
-        A redemption that does not end in a seat (the meeting is full or just
-        ended, the client went away meanwhile) gives its use back, so a refused
-        join never costs the invitee its invitation.
+        A redemption that does not end in a seat (the meeting is full, locked or
+        just ended, the client went away meanwhile) gives its use back, so a
+        refused join never costs the invitee its invitation.
         """
         if self._closing:
             raise MeetingEnded("the relay is shutting down")
+        if request.resume:
+            self._resume_seat(conn, request.invitation)
+            return
         redemption = await self.store.redeem_invitation(
             tokens.digest(request.invitation), self.clock.wall()
         )
@@ -155,63 +235,145 @@ class Hub:
                     started_at=self.clock.wall(),
                     started_mono=self.clock.mono(),
                     max_participants=self.max_participants,
+                    limits=self.limits,
                 )
             )
             self.rooms[mid] = room
-        meeting = room.meeting
-        participant = meeting.join(role=redemption.role, name=request.name, seat=redemption.seat)
-        conn.room, conn.participant = room, participant
-        conn.send_control(
-            "welcome",
-            v=wire.PROTOCOL_VERSION,
-            meeting=mid,
-            pid=participant.pid,
-            role=participant.role.value,
-            roster=meeting.roster(),
+        participant = room.meeting.join(
+            role=redemption.role,
+            name=request.name,
+            seat=redemption.seat,
+            invitation_id=redemption.invitation_id,
         )
-        joined = binary_message(wire.encode_control("joined", p=participant.public()))
-        for pid, other in room.conns.items():
-            if pid != participant.pid:
-                other.write_frame(joined)
+        conn.room, conn.participant = room, participant
+        if participant.presence is Presence.LOBBY:
+            room.lobby_conns[participant.pid] = conn
+            conn.send_control("lobby_wait", pid=participant.pid, meeting=mid)
+            room.tell_hosts("waiting", p=participant.public())
+            log.info("participant waiting meeting=%s pid=%d", mid, participant.pid)
+        else:
+            self._welcome(room, participant, conn)
+        if created:
+            await self.store.meeting_started(mid, room.meeting.started_at)
+        return True
+
+    def _welcome(
+        self, room: Room, participant: Participant, conn: RelayConnection, *, new: bool = True
+    ) -> None:
+        """Seat an admitted participant: welcome it, tell the others, ask owners to sync it.
+
+        ``new=False`` for a resumed seat: the others already know it (``back``).
+        """
+        meeting = room.meeting
+        token, digest = tokens.mint(tokens.TokenKind.RESUME)
+        old = room.resume.get(participant.pid)
+        if old is not None:
+            self._resume.pop(old, None)
+        room.resume[participant.pid] = digest
+        self._resume[digest] = (meeting.meeting_id, participant.pid)
+        welcome: dict[str, Any] = {
+            "v": wire.PROTOCOL_VERSION,
+            "meeting": meeting.meeting_id,
+            "pid": participant.pid,
+            "role": participant.role.value,
+            "roster": meeting.roster(),
+            "resume": token,
+            "lobby": meeting.lobby_on,
+            "locked": meeting.locked,
+            "webinar": meeting.webinar,
+        }
+        if participant.role is Role.HOST:
+            welcome["waiting"] = [p.public() for p in meeting.lobby.values()]
+        conn.send_control("welcome", **welcome)
+        if new:
+            room.announce("joined", p=participant.public())
         room.conns[participant.pid] = conn
+        for owner in meeting.sync_owners(participant.pid):
+            owner_conn = room.conns.get(owner)
+            if owner_conn is not None:
+                owner_conn.send_control("sync", pid=participant.pid)
         log.info(
             "participant joined meeting=%s pid=%d role=%s",
-            mid,
+            meeting.meeting_id,
             participant.pid,
             participant.role.value,
         )
-        if created:
-            await self.store.meeting_started(mid, meeting.started_at)
-        return True
 
-    def connected(self, conn: RelayConnection) -> None:
-        """A TLS connection was accepted."""
-        self.connections.add(conn)
-        self._drained.clear()
+    def _resume_seat(self, conn: RelayConnection, token: str) -> None:
+        found = self._resume.pop(tokens.digest(token), None)
+        room = self.rooms.get(found[0]) if found else None
+        if found is None or room is None:
+            raise InvitationError(
+                "the resume token is unknown or its grace period is over", code="resume_invalid"
+            )
+        pid = found[1]
+        participant = room.meeting.participants.get(pid)
+        old = room.conns.get(pid)
+        if participant is not None and participant.presence is Presence.HERE and old is not None:
+            # The client reconnected before the relay noticed its old connection
+            # die: the new connection takes the seat over.
+            del room.conns[pid]
+            old.room = old.participant = None
+            old.close(CloseCode.REPLACED, "resumed on another connection")
+        else:
+            participant = room.meeting.back(pid)
+            room.announce("back", pid=pid)
+        timer = room.away_timers.pop(pid, None)
+        if timer is not None:
+            timer.cancel()
+        room.resume.pop(pid, None)
+        conn.room, conn.participant = room, participant
+        self._welcome(room, participant, conn, new=False)
 
-    async def drained(self) -> None:
-        """Wait until no connection is left."""
-        await self._drained.wait()
+    # leaving
 
     def disconnected(self, conn: RelayConnection) -> None:
-        """A connection is gone; update the roster and end the meeting if it is empty."""
+        """A connection is gone: leave the lobby, hold the seat for a reconnect, or leave."""
         self.connections.discard(conn)
         if not self.connections:
             self._drained.set()
         room, participant = conn.room, conn.participant
+        conn.room = conn.participant = None
         if room is None or participant is None:
             return
-        conn.room = conn.participant = None
-        room.conns.pop(participant.pid, None)
         meeting = room.meeting
-        if meeting.leave(participant.pid) is None:
+        pid = participant.pid
+        if room.lobby_conns.get(pid) is conn:
+            del room.lobby_conns[pid]
+            meeting.leave(pid)
+            room.tell_hosts("left", pid=pid)
             return
-        log.info("participant left meeting=%s pid=%d", meeting.meeting_id, participant.pid)
+        if room.conns.get(pid) is not conn:
+            return  # already replaced (resumed) or removed
+        del room.conns[pid]
         if meeting.state is not MeetingState.LIVE:
             return
-        left = binary_message(wire.encode_control("left", pid=participant.pid))
-        for other in room.conns.values():
-            other.write_frame(left)
+        if conn.left_on_purpose or self.reconnect_grace <= 0:
+            self._leave(room, pid)
+            return
+        meeting.away(pid)
+        room.announce("away", pid=pid)
+        loop = asyncio.get_running_loop()
+        room.away_timers[pid] = loop.call_later(self.reconnect_grace, self._grace_over, room, pid)
+        log.info("participant away meeting=%s pid=%d", meeting.meeting_id, pid)
+
+    def _grace_over(self, room: Room, pid: int) -> None:
+        room.away_timers.pop(pid, None)
+        participant = room.meeting.participants.get(pid)
+        if participant is not None and participant.presence is Presence.AWAY:
+            self._leave(room, pid)
+
+    def _leave(self, room: Room, pid: int) -> None:
+        meeting = room.meeting
+        if meeting.leave(pid) is None:
+            return
+        digest = room.resume.pop(pid, None)
+        if digest is not None:
+            self._resume.pop(digest, None)
+        log.info("participant left meeting=%s pid=%d", meeting.meeting_id, pid)
+        if meeting.state is not MeetingState.LIVE:
+            return
+        room.announce("left", pid=pid)
         if meeting.empty:
             self._spawn(self.end_meeting(meeting.meeting_id, EndReason.LAST_LEFT))
 
@@ -224,20 +386,145 @@ class Hub:
         assert sender is not None
         frame = wire.parse_client_frame(data)
         meeting = room.meeting
-        audience = meeting.route(sender, frame)
+        now = self.clock.mono()
+        kind = frame.kind
+        if kind is Kind.CONTROL:
+            self._apply(room, meeting.control(sender, frame, now))
+            return
         payload = memoryview(data)[frame.payload_offset :]
-        message = binary_message(wire.pack_data_header(frame.kind, sender.pid, frame.to), payload)
-        if audience is Audience.EVERYONE:
+        nbytes = len(payload)
+        route = meeting.route(sender, frame, nbytes, now)
+        if route is None:
+            return  # a muted track: dropped on purpose, not switched
+        if route.audience is not Audience.EVERYONE:
+            target = room.conns.get(route.target)  # type: ignore[arg-type]
+            if target is None:
+                raise FrameError(
+                    f"participant {route.target} is reconnecting; try again", code="recipient_away"
+                )
+            target.write_frame(
+                binary_message(
+                    wire.pack_data_header(kind, sender.pid, route.target, frame.fields), payload
+                )
+            )
+            meeting.switched(kind, None, nbytes, 1, 0, now)
+            return
+        message = binary_message(
+            wire.pack_data_header(kind, sender.pid, None, frame.fields), payload
+        )
+        me = sender.pid
+        if kind is not Kind.MEDIA:
             deliveries = 0
-            me = sender.pid
             for pid, other in room.conns.items():
                 if pid != me:
                     other.write_frame(message)
                     deliveries += 1
+            meeting.switched(kind, None, nbytes, deliveries, 0, now)
+            return
+        self._fan_out_media(room, conn, sender, frame.fields, message, nbytes, now)
+
+    def _fan_out_media(
+        self,
+        room: Room,
+        conn: RelayConnection,
+        sender: Participant,
+        fields: Any,
+        message: bytes,
+        nbytes: int,
+        now: float,
+    ) -> None:
+        me, track, media, key = sender.pid, fields["track"], fields["m"], fields["key"]
+        stream = (me, track)
+        keyed = media != Media.AUDIO
+        threshold = self.drop.threshold(media)
+        deliveries = dropped = 0
+        ask_keyframe = False
+        for pid, other in room.conns.items():
+            if pid == me:
+                continue
+            receiver = other.participant
+            if receiver is None or not receiver.wants(me, track, media):
+                continue
+            waiting = receiver.awaiting_key
+            if keyed and stream in waiting:
+                if not key or other.buffered() > threshold:
+                    dropped += 1
+                    continue
+                waiting.discard(stream)
+            elif other.buffered() > threshold:
+                dropped += 1
+                if keyed:
+                    waiting.add(stream)
+                    ask_keyframe = True
+                continue
+            other.write_frame(message)
+            deliveries += 1
+        room.meeting.switched(Kind.MEDIA, media, nbytes, deliveries, dropped, now)
+        if ask_keyframe and room.meeting.keyframe_due(me, track, now):
+            conn.send_control("keyframe", track=track)
+
+    # moderation
+
+    def _apply(self, room: Room, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Announce):
+                room.announce(event.op, **event.fields)
+            elif isinstance(event, Admitted):
+                conn = room.lobby_conns.pop(event.participant.pid, None)
+                if conn is not None:
+                    self._welcome(room, event.participant, conn)
+            elif isinstance(event, Removed):
+                self._remove(room, event)
+            elif isinstance(event, KeyframeRequest):
+                owner = room.conns.get(event.pid)
+                if owner is not None:
+                    owner.send_control("keyframe", track=event.track)
+            elif isinstance(event, EndRequested):
+                self._spawn(self.end_meeting(room.meeting.meeting_id, EndReason.HOST_ENDED))
+
+    def _remove(self, room: Room, event: Removed) -> None:
+        participant = event.participant
+        pid = participant.pid
+        conn = room.lobby_conns.pop(pid, None) or room.conns.pop(pid, None)
+        timer = room.away_timers.pop(pid, None)
+        if timer is not None:
+            timer.cancel()
+        digest = room.resume.pop(pid, None)
+        if digest is not None:
+            self._resume.pop(digest, None)
+        if conn is not None:
+            conn.room = conn.participant = None
+            conn.send_error(Forbidden(event.reason, code=event.code))
+            conn.close(CloseCode.FORBIDDEN, event.reason)
+        if event.revoke:
+            self._spawn(
+                self.store.revoke_invitation(room.meeting.meeting_id, participant.invitation_id)
+            )
+        if participant.presence is not Presence.LOBBY:
+            room.announce("left", pid=pid)
         else:
-            room.conns[frame.to].write_frame(message)  # type: ignore[index]
-            deliveries = 1
-        meeting.switched(frame.kind, len(payload), deliveries, self.clock.mono())
+            room.tell_hosts("left", pid=pid)
+        log.info(
+            "participant removed meeting=%s pid=%d why=%s", room.meeting.meeting_id, pid, event.code
+        )
+        if room.meeting.empty:
+            self._spawn(self.end_meeting(room.meeting.meeting_id, EndReason.LAST_LEFT))
+
+    def moderate(self, meeting_id: str, op: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Apply a host's control operation from the API; return the roster after it."""
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            raise NotFound("the meeting is not live")
+        self._apply(room, room.meeting.apply(None, op, args, self.clock.mono()))
+        return self.participants(meeting_id)
+
+    def participants(self, meeting_id: str) -> list[dict[str, Any]]:
+        """Admitted participants and those waiting in the lobby."""
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return []
+        waiting = [{**p.public(), "lobby": True} for p in room.meeting.lobby.values()]
+        return room.meeting.roster() + waiting
 
     # ending
 
@@ -255,6 +542,11 @@ class Hub:
             assert room.done is not None
             return await asyncio.shield(room.done)
         room.done = asyncio.get_running_loop().create_future()
+        for timer in room.away_timers.values():
+            timer.cancel()
+        for digest in room.resume.values():
+            self._resume.pop(digest, None)
+        conns = [*room.conns.values(), *room.lobby_conns.values()]
         try:
             record = meeting.finish(
                 record_id=uuid.uuid4().hex,
@@ -269,7 +561,7 @@ class Hub:
                 meeting_id,
                 type(exc).__name__,
             )
-            for conn in list(room.conns.values()):
+            for conn in conns:
                 conn.close(CloseCode.INTERNAL_ERROR, "meeting ended: relay error")
             room.done.set_exception(exc)
             room.done.exception()  # retrieved: the caller sees it through the raise below
@@ -281,13 +573,11 @@ class Hub:
             reason.value,
             stored.record.record_id,
         )
-        code = (
-            CloseCode.RELAY_SHUTDOWN
-            if reason is EndReason.RELAY_SHUTDOWN
-            else CloseCode.MEETING_ENDED
-        )
+        code = CloseCode.MEETING_ENDED
+        if reason is EndReason.RELAY_SHUTDOWN:
+            code = CloseCode.RELAY_SHUTDOWN
         ended = binary_message(wire.encode_control("ended", reason=reason.value))
-        for conn in list(room.conns.values()):
+        for conn in conns:
             conn.write_frame(ended)
             conn.close(code, f"meeting ended: {reason.value}")
         room.done.set_result(stored)
