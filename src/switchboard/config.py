@@ -84,6 +84,9 @@ class Settings:
     """Seconds between keepalive pings; a client silent for two intervals is closed."""
     write_buffer_limit: int = 4 << 20
     """Bytes queued to one receiver before it is closed as too slow (close 4508)."""
+    socket_send_buffer: int = 128 * 1024
+    """Kernel send buffer per participant socket (0: the kernel's autotuning). Small keeps
+    a slow receiver's backlog where the drop policy sees it."""
     reconnect_grace: float = 30.0
     """Seconds a dropped participant keeps its seat and role; 0 ends it at once."""
     drop_video_bytes: int = 256 * 1024
@@ -222,6 +225,8 @@ class Settings:
             raise ConfigError("max_frame_bytes must be at least 1024")
         if self.write_buffer_limit < self.max_frame_bytes:
             raise ConfigError("write_buffer_limit must be at least max_frame_bytes")
+        if self.socket_send_buffer < 0:
+            raise ConfigError("socket_send_buffer must not be negative")
         if self.reconnect_grace < 0:
             raise ConfigError("reconnect_grace must not be negative")
         if not (

@@ -139,6 +139,7 @@ class Node:
             max_size=s.max_frame_bytes,
             join_timeout=s.join_timeout,
             write_limit=s.write_buffer_limit,
+            send_buffer=s.socket_send_buffer,
         )
         services = Services(
             settings=s,

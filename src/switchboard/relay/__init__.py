@@ -25,13 +25,18 @@ async def start_relay(
     max_size: int,
     join_timeout: float,
     write_limit: int,
+    send_buffer: int = 0,
 ) -> asyncio.Server:
     """Serve meeting clients on ``sock`` over TLS; every connection goes to ``hub``."""
     loop = asyncio.get_running_loop()
 
     def factory() -> RelayConnection:
         return RelayConnection(
-            hub, max_size=max_size, join_timeout=join_timeout, write_limit=write_limit
+            hub,
+            max_size=max_size,
+            join_timeout=join_timeout,
+            write_limit=write_limit,
+            send_buffer=send_buffer,
         )
 
     return await loop.create_server(

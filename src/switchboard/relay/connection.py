@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -46,6 +47,7 @@ WS_PATH = "/v1/ws"
 log = logging.getLogger("switchboard.relay")
 
 _CLOSE_TIMEOUT = 5.0
+_SLOW_CLOSE_TIMEOUT = 1.0
 
 
 class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -96,14 +98,24 @@ class RelayConnection(asyncio.Protocol):
         "participant",
         "proto",
         "room",
+        "send_buffer",
         "transport",
         "write_limit",
     )
 
-    def __init__(self, hub: Hub, *, max_size: int, join_timeout: float, write_limit: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        max_size: int,
+        join_timeout: float,
+        write_limit: int,
+        send_buffer: int = 0,
+    ) -> None:
         self.hub = hub
         self.proto = ServerProtocol(max_size=max_size, logger=_WS_LOGGER)
         self.write_limit = write_limit
+        self.send_buffer = send_buffer
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
@@ -120,6 +132,13 @@ class RelayConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if self.send_buffer:
+            # A small kernel send buffer keeps the backlog in our buffer, where
+            # the drop policy sees it, instead of megabytes of autotuned kernel
+            # buffer that would only add latency.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         self.hub.connected(self)
         log.debug("connection accepted connections=%d", len(self.hub.connections))
 
@@ -264,7 +283,11 @@ class RelayConnection(asyncio.Protocol):
             return
         transport.write(message)
         if transport.get_write_buffer_size() > self.write_limit:
-            self.close(CloseCode.TOO_SLOW, "receiver too slow; reconnect")
+            # The close frame queues behind the backlog; a receiver that does not
+            # read it within a second is cut off without waiting for the handshake.
+            self.close(
+                CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
+            )
 
     def send_control(self, op: str, **fields: Any) -> None:
         """Send one control frame to this participant only."""
@@ -282,16 +305,16 @@ class RelayConnection(asyncio.Protocol):
             self.proto.send_ping(b"")
             self._flush()
 
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: int, reason: str = "", *, timeout: float = _CLOSE_TIMEOUT) -> None:
         """Start the closing handshake; the transport closes when it completes or times out."""
         if self.proto.state is State.OPEN:
             log.debug("closing connection code=%d", code)
             self.proto.send_close(code, _close_reason(reason))
-            self._flush()
+            self._flush(timeout)
         elif self.proto.state is State.CONNECTING:
             self._abort()
 
-    def _flush(self) -> None:
+    def _flush(self, close_timeout: float = _CLOSE_TIMEOUT) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -302,7 +325,7 @@ class RelayConnection(asyncio.Protocol):
                 transport.close()  # EOF: TLS cannot half-close, so close after flushing
                 return
         if self.proto.close_expected() and self._close_timer is None:
-            self._close_timer = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self._abort)
+            self._close_timer = asyncio.get_running_loop().call_later(close_timeout, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None:
