@@ -401,3 +401,182 @@ def test_default_invitation_ttl_may_not_exceed_the_maximum() -> None:
         environ={"SWITCHBOARD_INVITATION_TTL": "7200", "SWITCHBOARD_INVITATION_MAX_TTL": "3600"}
     )
     assert "invitation_ttl" in error.reason
+
+
+# --- reconnecting, the media drop policy, limits ---------------------------------
+
+
+def test_new_setting_defaults() -> None:
+    settings = load()
+    assert settings.reconnect_grace == 30.0
+    assert (settings.drop_video_bytes, settings.drop_screen_bytes, settings.drop_audio_bytes) == (
+        256 * 1024,
+        512 * 1024,
+        1024 * 1024,
+    )
+    assert settings.drop_audio_bytes <= settings.write_buffer_limit
+    assert settings.max_document_bytes == 64 << 20
+    assert settings.max_chat_bytes == 16 * 1024
+    assert settings.max_poll_bytes == 64 * 1024
+    assert settings.max_media_bytes == 256 * 1024
+    assert (
+        settings.rate_chat,
+        settings.rate_poll,
+        settings.rate_document,
+        settings.rate_media,
+        settings.rate_control,
+    ) == (10.0, 20.0, 400.0, 400.0, 20.0)
+
+
+def test_new_settings_from_file_and_environment(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        "reconnect_grace = 5\nrate_chat = 3\nmax_chat_bytes = 2048\ndrop_video_bytes = 1000\n",
+    )
+    settings = load(
+        config_file=path,
+        environ={"SWITCHBOARD_RATE_MEDIA": "2.5", "SWITCHBOARD_MAX_DOCUMENT_BYTES": "4096"},
+    )
+    assert settings.reconnect_grace == 5.0
+    assert isinstance(settings.reconnect_grace, float)
+    assert settings.rate_chat == 3.0
+    assert isinstance(settings.rate_chat, float)
+    assert settings.max_chat_bytes == 2048
+    assert settings.drop_video_bytes == 1000
+    assert settings.rate_media == 2.5
+    assert settings.max_document_bytes == 4096
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "1e-3"])
+def test_reconnect_grace_zero_is_allowed(value: str) -> None:
+    # Zero means a dropped participant leaves at once.
+    assert load(environ={"SWITCHBOARD_RECONNECT_GRACE": value}).reconnect_grace == float(value)
+
+
+@pytest.mark.parametrize("value", [-1, -0.001])
+def test_reconnect_grace_negative_is_refused(value: float) -> None:
+    error = raises_config(overrides={"reconnect_grace": value})
+    assert "reconnect_grace" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("drop_video_bytes", 0),
+        ("drop_video_bytes", -1),
+        ("max_document_bytes", 0),
+        ("max_chat_bytes", 0),
+        ("max_poll_bytes", -5),
+        ("max_media_bytes", 0),
+        ("rate_chat", 0),
+        ("rate_poll", -1),
+        ("rate_document", 0),
+        ("rate_media", 0.0),
+        ("rate_control", -0.5),
+    ],
+)
+def test_new_limits_must_be_positive(key: str, value: object) -> None:
+    error = raises_config(overrides={key: value})
+    assert key in error.reason
+
+
+@pytest.mark.parametrize(
+    "key", ["max_chat_bytes", "max_document_bytes", "drop_audio_bytes", "max_media_bytes"]
+)
+def test_byte_settings_are_integers(key: str) -> None:
+    error = raises_config(environ={f"SWITCHBOARD_{key.upper()}": "1.5"})
+    assert key in error.reason
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"drop_video_bytes": 600 * 1024},  # above the screen threshold
+        {"drop_screen_bytes": 2 * 1024 * 1024},  # above the audio threshold
+        {"drop_screen_bytes": 100 * 1024},  # below the video threshold
+        {"drop_audio_bytes": 300 * 1024},  # below the screen threshold
+        {"drop_audio_bytes": 8 << 20},  # above the write buffer
+        {"write_buffer_limit": 1 << 20, "drop_audio_bytes": (1 << 20) + 1},
+    ],
+)
+def test_drop_thresholds_must_be_ordered(changes: dict[str, int]) -> None:
+    # Video is dropped first, audio last, and all before the receiver is cut off.
+    error = raises_config(overrides=changes)
+    for name in ("drop_video_bytes", "drop_screen_bytes", "drop_audio_bytes"):
+        assert name in error.reason
+    assert "write_buffer_limit" in error.reason
+
+
+def test_equal_drop_thresholds_are_allowed() -> None:
+    size = 1 << 20
+    settings = load(
+        overrides={
+            "drop_video_bytes": size,
+            "drop_screen_bytes": size,
+            "drop_audio_bytes": size,
+            "write_buffer_limit": size,
+            "max_frame_bytes": size,
+        }
+    )
+    assert settings.drop_video_bytes == settings.drop_audio_bytes == size
+
+
+def test_replace_checks_the_drop_order() -> None:
+    settings = load()
+    with pytest.raises(ConfigError):
+        settings.replace(drop_video_bytes=settings.drop_audio_bytes + 1)
+    with pytest.raises(ConfigError):
+        settings.replace(reconnect_grace=-1.0)
+    assert settings.replace(drop_video_bytes=1).drop_video_bytes == 1
+
+
+def test_limits_follow_the_settings() -> None:
+    settings = load(
+        overrides={
+            "rate_chat": 3.0,
+            "rate_poll": 7.0,
+            "rate_document": 100.0,
+            "rate_media": 50.0,
+            "rate_control": 2.0,
+            "max_chat_bytes": 111,
+            "max_poll_bytes": 222,
+            "max_media_bytes": 333,
+            "max_frame_bytes": 4096,
+            "max_document_bytes": 5555,
+        }
+    )
+    limits = settings.limits()
+    assert (limits.chat.rate, limits.chat.max_bytes) == (3.0, 111)
+    assert (limits.poll.rate, limits.poll.max_bytes) == (7.0, 222)
+    assert (limits.media.rate, limits.media.max_bytes) == (50.0, 333)
+    # A document chunk may be as large as a frame; the whole document has its own cap.
+    assert (limits.document.rate, limits.document.max_bytes) == (100.0, 4096)
+    assert limits.max_document_bytes == 5555
+    # Control frames have no payload limit, only a rate.
+    assert (limits.control.rate, limits.control.max_bytes) == (2.0, 0)
+
+
+def test_limits_allow_bursts_of_twice_the_rate_and_at_least_ten() -> None:
+    limits = load(overrides={"rate_chat": 3.0, "rate_media": 400.0}).limits()
+    assert limits.chat.burst == 10.0
+    assert limits.media.burst == 800.0
+    defaults = Settings().limits()
+    assert defaults.chat.burst == 20.0
+    assert defaults.control.burst == 40.0
+    for kind in ("chat", "poll", "document", "media", "control"):
+        limit = defaults.for_kind(kind)
+        assert limit.burst == max(2 * limit.rate, 10.0)
+
+
+def test_default_limits_are_the_documented_ones() -> None:
+    # docs/protocol.md, Limits: rate, burst and largest payload per kind.
+    limits = Settings().limits()
+    assert (limits.chat.rate, limits.chat.burst, limits.chat.max_bytes) == (10, 20, 16384)
+    assert (limits.poll.rate, limits.poll.burst, limits.poll.max_bytes) == (20, 40, 65536)
+    assert (limits.document.rate, limits.document.burst) == (400, 800)
+    assert limits.document.max_bytes == Settings().max_frame_bytes == 1 << 20
+    assert (limits.media.rate, limits.media.burst, limits.media.max_bytes) == (400, 800, 262144)
+    assert (limits.control.rate, limits.control.burst, limits.control.max_bytes) == (20, 40, 0)
+    assert limits.max_document_bytes == 64 << 20
+    assert limits.max_tracks == 8
+    assert (limits.abuse_strikes, limits.abuse_window) == (50, 10.0)

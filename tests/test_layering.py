@@ -34,7 +34,7 @@ FORBIDDEN_IN_CORE = frozenset(
     }
 )
 
-CORE_MODULES = ["wire", "rules", "meeting", "records", "tokens", "codes"]
+CORE_MODULES = ["wire", "rules", "meeting", "records", "tokens", "codes", "limits"]
 
 
 def all_modules() -> list[tuple[str, Path]]:

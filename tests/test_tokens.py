@@ -85,6 +85,7 @@ def test_kind_of_by_prefix_only() -> None:
     assert tokens.kind_of("sbi_") is TokenKind.INVITATION
     assert tokens.kind_of("sbs_anything") is TokenKind.SESSION
     assert tokens.kind_of("sbk_anything") is TokenKind.API_KEY
+    assert tokens.kind_of("sbr_anything") is TokenKind.RESUME
 
 
 # --- session times -------------------------------------------------------------

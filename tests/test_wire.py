@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from switchboard.core import wire
+from switchboard.core import tokens, wire
 from switchboard.core.wire import (
     MAX_HEADER_BYTES,
     MAX_NAME_CHARS,
     ClientFrame,
     JoinRequest,
     Kind,
+    Media,
 )
 from switchboard.errors import FrameError, ProtocolError
 
@@ -167,14 +170,86 @@ def test_frame_error_message_never_contains_payload_bytes() -> None:
         assert secret not in str(info.value)
 
 
-# --- parse_client_frame --------------------------------------------------------
+# --- parse_client_frame: kinds and recipients ------------------------------------
+
+_U16 = (1 << 16) - 1
+_U32 = (1 << 32) - 1
+_U63 = (1 << 63) - 1
+
+MINIMAL: dict[Kind, dict[str, Any]] = {
+    Kind.CONTROL: {"op": "end"},
+    Kind.CHAT: {},
+    Kind.POLL: {"op": "open", "poll": 1},
+    Kind.DOCUMENT: {"op": "page", "doc": 1, "page": 2},
+    Kind.MEDIA: {"track": 1, "m": int(Media.AUDIO), "seq": 0},
+}
+"""The smallest valid header fields of each kind."""
+
+PARSED: dict[Kind, tuple[str | None, dict[str, Any]]] = {
+    Kind.CONTROL: ("end", {}),
+    Kind.CHAT: (None, {}),
+    Kind.POLL: ("open", {"op": "open", "poll": 1}),
+    Kind.DOCUMENT: ("page", {"op": "page", "doc": 1, "page": 2}),
+    Kind.MEDIA: (None, {"track": 1, "m": 0, "seq": 0, "key": False}),
+}
+"""What the relay reads (op, fields) from each MINIMAL header."""
+
+FIELD_NAMES: dict[Kind, set[str]] = {
+    Kind.CONTROL: {"pid", "track", "on", "m", "role"},
+    Kind.CHAT: set(),
+    Kind.POLL: {"op", "poll"},
+    Kind.DOCUMENT: {"op", "doc", "seq", "fin", "size", "page"},
+    Kind.MEDIA: {"track", "m", "seq", "key", "ts"},
+}
+"""Every key a parsed frame's ``fields`` may ever hold, per kind."""
+
+FRAME_ERROR_CODES = {
+    "malformed_header",
+    "unknown_kind",
+    "bad_recipient",
+    "bad_op",
+    "missing_field",
+    "bad_field",
+    "already_joined",
+}
+
+
+def parse(header: dict[str, Any], payload: bytes = b"") -> ClientFrame:
+    return wire.parse_client_frame(pack(header) + payload)
+
+
+def frame_error(header: dict[str, Any]) -> FrameError:
+    with pytest.raises(FrameError) as info:
+        parse(header)
+    return info.value
+
+
+def kind_header(kind: Kind, **changes: Any) -> dict[str, Any]:
+    """The minimal header of ``kind`` with ``changes`` (a value of None removes the key)."""
+    header: dict[str, Any] = {"k": int(kind), **MINIMAL[kind], **changes}
+    return {key: value for key, value in header.items() if value is not None}
+
+
+def test_minimal_headers_cover_every_kind() -> None:
+    assert set(MINIMAL) == set(Kind) == set(PARSED) == set(FIELD_NAMES)
+    assert [int(k) for k in Kind] == [0, 1, 2, 3, 4]
+    assert [int(m) for m in Media] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kind", list(Kind))
 def test_parse_client_frame_every_kind(kind: Kind) -> None:
-    frame = wire.parse_client_frame(pack({"k": int(kind)}) + b"x")
-    assert frame == ClientFrame(kind, None, len(pack({"k": int(kind)})))
+    header = pack(kind_header(kind))
+    frame = wire.parse_client_frame(header + b"x")
+    op, fields = PARSED[kind]
+    assert frame == ClientFrame(kind, None, len(header), op, fields)
     assert type(frame.kind) is Kind
+    assert dict(frame.fields) == fields
+
+
+def test_client_frame_defaults_have_no_op_and_no_fields() -> None:
+    frame = ClientFrame(Kind.CHAT, None, 3)
+    assert frame.op is None
+    assert dict(frame.fields) == {}
 
 
 @pytest.mark.parametrize(
@@ -194,11 +269,18 @@ def test_missing_kind_is_unknown_kind() -> None:
     assert info.value.code == "unknown_kind"
 
 
-@pytest.mark.parametrize("to", ["2", 2.0, True, [2], {"pid": 2}, b"\x02"], ids=repr)
+@pytest.mark.parametrize(
+    "to", ["2", 2.0, True, [2], {"pid": 2}, b"\x02", -1, _U32 + 1, 2**63], ids=repr
+)
 def test_bad_recipient(to: object) -> None:
     with pytest.raises(FrameError) as info:
         wire.parse_client_frame(pack({"k": int(Kind.CHAT), "to": to}))
     assert info.value.code == "bad_recipient"
+
+
+@pytest.mark.parametrize("to", [0, 1, _U32])
+def test_recipient_range(to: int) -> None:
+    assert parse({"k": int(Kind.CHAT), "to": to}).to == to
 
 
 def test_to_nil_means_everyone() -> None:
@@ -206,10 +288,358 @@ def test_to_nil_means_everyone() -> None:
     assert frame.to is None
 
 
+@pytest.mark.parametrize("kind", list(Kind))
+def test_recipient_is_checked_before_the_kind_fields(kind: Kind) -> None:
+    # Every kind reads ``to`` the same way.
+    assert frame_error({"k": int(kind), "to": "x"}).code == "bad_recipient"
+    assert parse(kind_header(kind, to=5)).to == 5
+
+
 def test_unknown_header_keys_are_ignored() -> None:
     header = pack({"k": int(Kind.CHAT), "to": 3, "from": 999, "x-extra": [1, 2], "z": {"a": 1}})
     frame = wire.parse_client_frame(header + b"body")
     assert frame == ClientFrame(Kind.CHAT, 3, len(header))
+    assert dict(frame.fields) == {}
+
+
+JUNK = {"from": 999, "x-extra": [1, 2], "z": {"a": 1}, "secret": "content", "k2": 4}
+"""Keys no kind reads; a sender may not smuggle anything to recipients with them."""
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_unknown_keys_are_never_forwarded(kind: Kind) -> None:
+    header = kind_header(kind, **JUNK)
+    frame = parse(header)
+    assert dict(frame.fields) == PARSED[kind][1]
+    assert not set(frame.fields) & set(JUNK)
+    # Nor do they reach the header the relay forwards.
+    forwarded, _ = wire.split_frame(wire.pack_data_header(kind, 7, None, frame.fields))
+    assert forwarded == {"k": int(kind), "from": 7, **PARSED[kind][1]}
+
+
+@pytest.mark.parametrize("kind", [Kind.CHAT, Kind.MEDIA])
+def test_op_is_not_read_for_chat_and_media(kind: Kind) -> None:
+    frame = parse(kind_header(kind, op="open"))
+    assert frame.op is None
+    assert "op" not in frame.fields
+
+
+# --- poll frames -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", sorted(wire.POLL_OPS))
+def test_every_poll_op(op: str) -> None:
+    frame = parse(kind_header(Kind.POLL, op=op, poll=9))
+    assert frame.op == op
+    assert dict(frame.fields) == {"op": op, "poll": 9}
+
+
+def test_poll_ops_are_the_documented_four() -> None:
+    assert frozenset({"open", "answer", "results", "close"}) == wire.POLL_OPS
+
+
+@pytest.mark.parametrize("op", [None, "", "vote", "OPEN", 1, ["open"], "chunk", "join"])
+def test_poll_bad_op(op: object) -> None:
+    error = frame_error(kind_header(Kind.POLL, op=op))
+    assert error.code == "bad_op"
+
+
+def test_poll_needs_poll_id() -> None:
+    error = frame_error(kind_header(Kind.POLL, poll=None))
+    assert error.code == "missing_field"
+    assert "'poll'" in error.reason
+
+
+@pytest.mark.parametrize("poll", [-1, _U32 + 1, "1", 1.5, True, [1], b"1"], ids=repr)
+def test_poll_bad_poll_id(poll: object) -> None:
+    error = frame_error(kind_header(Kind.POLL, poll=poll))
+    assert error.code == "bad_field"
+    assert "'poll'" in error.reason
+
+
+@pytest.mark.parametrize("poll", [0, _U32])
+def test_poll_id_range(poll: int) -> None:
+    assert parse(kind_header(Kind.POLL, poll=poll)).fields["poll"] == poll
+
+
+# --- document frames ---------------------------------------------------------------
+
+
+def test_document_ops_are_the_documented_four() -> None:
+    assert frozenset({"chunk", "page", "annotate", "stop"}) == wire.DOCUMENT_OPS
+
+
+def test_document_chunk_fields() -> None:
+    frame = parse({"k": 3, "op": "chunk", "doc": 4, "seq": 0}, b"bytes")
+    assert frame.op == "chunk"
+    assert dict(frame.fields) == {"op": "chunk", "doc": 4, "seq": 0, "fin": False}
+    frame = parse({"k": 3, "op": "chunk", "doc": 4, "seq": 7, "fin": True, "size": _U63})
+    assert dict(frame.fields) == {"op": "chunk", "doc": 4, "seq": 7, "fin": True, "size": _U63}
+
+
+def test_document_page_fields() -> None:
+    frame = parse({"k": 3, "op": "page", "doc": 4, "page": 0})
+    assert dict(frame.fields) == {"op": "page", "doc": 4, "page": 0}
+
+
+@pytest.mark.parametrize("op", ["annotate", "stop"])
+def test_document_annotate_and_stop_carry_only_the_doc(op: str) -> None:
+    # Fields of other operations are not forwarded with these.
+    frame = parse({"k": 3, "op": op, "doc": 4, "seq": 1, "page": 2, "fin": True, "size": 9})
+    assert dict(frame.fields) == {"op": op, "doc": 4}
+
+
+def test_document_page_does_not_forward_chunk_fields() -> None:
+    frame = parse({"k": 3, "op": "page", "doc": 4, "page": 1, "seq": 1, "fin": True, "size": 9})
+    assert dict(frame.fields) == {"op": "page", "doc": 4, "page": 1}
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "key"),
+    [
+        ({"op": "chunk", "seq": 0}, "missing_field", "doc"),
+        ({"op": "stop"}, "missing_field", "doc"),
+        ({"op": "chunk", "doc": 1}, "missing_field", "seq"),
+        ({"op": "page", "doc": 1}, "missing_field", "page"),
+        ({"op": "chunk", "doc": -1, "seq": 0}, "bad_field", "doc"),
+        ({"op": "chunk", "doc": _U32 + 1, "seq": 0}, "bad_field", "doc"),
+        ({"op": "chunk", "doc": 1, "seq": "0"}, "bad_field", "seq"),
+        ({"op": "chunk", "doc": 1, "seq": _U32 + 1}, "bad_field", "seq"),
+        ({"op": "chunk", "doc": 1, "seq": 0, "fin": 1}, "bad_field", "fin"),
+        ({"op": "chunk", "doc": 1, "seq": 0, "fin": "yes"}, "bad_field", "fin"),
+        ({"op": "chunk", "doc": 1, "seq": 0, "size": -1}, "bad_field", "size"),
+        ({"op": "chunk", "doc": 1, "seq": 0, "size": _U63 + 1}, "bad_field", "size"),
+        ({"op": "chunk", "doc": 1, "seq": 0, "size": 1.0}, "bad_field", "size"),
+        ({"op": "page", "doc": 1, "page": True}, "bad_field", "page"),
+    ],
+)
+def test_document_field_errors(header: dict[str, Any], code: str, key: str) -> None:
+    error = frame_error({"k": int(Kind.DOCUMENT), **header})
+    assert error.code == code
+    assert f"'{key}'" in error.reason
+
+
+@pytest.mark.parametrize("op", [None, "", "share", "open", 3])
+def test_document_bad_op(op: object) -> None:
+    assert frame_error(kind_header(Kind.DOCUMENT, op=op)).code == "bad_op"
+
+
+# --- media frames ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("media", list(Media))
+def test_media_fields(media: Media) -> None:
+    frame = parse({"k": 4, "track": _U16, "m": int(media), "seq": _U32, "key": True, "ts": _U63})
+    assert frame.op is None
+    assert dict(frame.fields) == {
+        "track": _U16,
+        "m": int(media),
+        "seq": _U32,
+        "key": True,
+        "ts": _U63,
+    }
+
+
+def test_media_key_defaults_to_false_and_ts_is_optional() -> None:
+    frame = parse({"k": 4, "track": 0, "m": 1, "seq": 0})
+    assert dict(frame.fields) == {"track": 0, "m": 1, "seq": 0, "key": False}
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "key"),
+    [
+        ({"track": None}, "missing_field", "track"),
+        ({"seq": None}, "missing_field", "seq"),
+        ({"m": None}, "bad_field", "m"),
+        ({"track": _U16 + 1}, "bad_field", "track"),
+        ({"track": -1}, "bad_field", "track"),
+        ({"track": "1"}, "bad_field", "track"),
+        ({"m": 3}, "bad_field", "m"),
+        ({"m": -1}, "bad_field", "m"),
+        ({"m": True}, "bad_field", "m"),
+        ({"m": "audio"}, "bad_field", "m"),
+        ({"seq": -1}, "bad_field", "seq"),
+        ({"key": 1}, "bad_field", "key"),
+        ({"ts": -1}, "bad_field", "ts"),
+        ({"ts": 1.5}, "bad_field", "ts"),
+    ],
+)
+def test_media_field_errors(changes: dict[str, Any], code: str, key: str) -> None:
+    error = frame_error(kind_header(Kind.MEDIA, **changes))
+    assert error.code == code
+    assert f"'{key}'" in error.reason
+
+
+# --- control frames and parse_control ----------------------------------------------
+
+CONTROL_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
+    ({"op": "lobby"}, "lobby", {"on": True}),
+    ({"op": "lobby", "on": False}, "lobby", {"on": False}),
+    ({"op": "admit", "pid": 3}, "admit", {"pid": 3}),
+    ({"op": "deny", "pid": 3}, "deny", {"pid": 3}),
+    ({"op": "lock", "on": False}, "lock", {"on": False}),
+    ({"op": "eject", "pid": 3}, "eject", {"pid": 3}),
+    ({"op": "mute", "pid": 3, "track": 2}, "mute", {"pid": 3, "track": 2, "on": True}),
+    (
+        {"op": "mute", "pid": 3, "track": 2, "on": False},
+        "mute",
+        {"pid": 3, "track": 2, "on": False},
+    ),
+    ({"op": "role", "pid": 3, "role": "presenter"}, "role", {"pid": 3, "role": "presenter"}),
+    ({"op": "webinar"}, "webinar", {"on": True}),
+    ({"op": "end"}, "end", {}),
+    ({"op": "publish", "track": 2, "m": 1}, "publish", {"track": 2, "m": 1, "on": True}),
+    (
+        {"op": "publish", "track": 2, "m": 2, "on": False},
+        "publish",
+        {"track": 2, "m": 2, "on": False},
+    ),
+    ({"op": "subscribe", "pid": 3}, "subscribe", {"pid": 3, "on": True}),
+    (
+        {"op": "subscribe", "pid": 3, "track": 1, "on": False},
+        "subscribe",
+        {"pid": 3, "track": 1, "on": False},
+    ),
+    ({"op": "receive", "m": 1, "on": False}, "receive", {"m": 1, "on": False}),
+    ({"op": "keyframe", "pid": 3, "track": 1}, "keyframe", {"pid": 3, "track": 1}),
+]
+
+
+def test_control_cases_cover_every_control_op() -> None:
+    assert {op for _, op, _ in CONTROL_CASES} == wire.CONTROL_OPS
+
+
+@pytest.mark.parametrize(("header", "op", "fields"), CONTROL_CASES, ids=lambda v: str(v))
+def test_control_frame_fields(header: dict[str, Any], op: str, fields: dict[str, Any]) -> None:
+    frame = parse({"k": int(Kind.CONTROL), **header, **JUNK})
+    assert frame.kind is Kind.CONTROL
+    assert frame.op == op
+    assert dict(frame.fields) == fields
+    # parse_control is the same validation, for the host API.
+    assert wire.parse_control({**header, **JUNK}) == (op, fields)
+
+
+@pytest.mark.parametrize("role", ["host", "presenter", "attendee"])
+def test_control_role_values(role: str) -> None:
+    assert wire.parse_control({"op": "role", "pid": 1, "role": role}) == (
+        "role",
+        {"pid": 1, "role": role},
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "key"),
+    [
+        ({"op": "admit"}, "missing_field", "pid"),
+        ({"op": "deny"}, "missing_field", "pid"),
+        ({"op": "eject"}, "missing_field", "pid"),
+        ({"op": "mute", "track": 1}, "missing_field", "pid"),
+        ({"op": "mute", "pid": 1}, "missing_field", "track"),
+        ({"op": "role", "role": "host"}, "missing_field", "pid"),
+        ({"op": "subscribe"}, "missing_field", "pid"),
+        ({"op": "keyframe", "track": 1}, "missing_field", "pid"),
+        ({"op": "keyframe", "pid": 1}, "missing_field", "track"),
+        ({"op": "publish", "m": 0}, "missing_field", "track"),
+        ({"op": "publish", "track": 1}, "bad_field", "m"),
+        ({"op": "publish", "track": 1, "m": 5}, "bad_field", "m"),
+        ({"op": "receive"}, "bad_field", "m"),
+        ({"op": "role", "pid": 1}, "bad_field", "role"),
+        ({"op": "role", "pid": 1, "role": "owner"}, "bad_field", "role"),
+        ({"op": "role", "pid": 1, "role": "HOST"}, "bad_field", "role"),
+        ({"op": "role", "pid": 1, "role": 1}, "bad_field", "role"),
+        ({"op": "admit", "pid": -1}, "bad_field", "pid"),
+        ({"op": "admit", "pid": "3"}, "bad_field", "pid"),
+        ({"op": "admit", "pid": _U32 + 1}, "bad_field", "pid"),
+        ({"op": "mute", "pid": 1, "track": _U16 + 1}, "bad_field", "track"),
+        ({"op": "lock", "on": "yes"}, "bad_field", "on"),
+        ({"op": "lobby", "on": 0}, "bad_field", "on"),
+    ],
+)
+def test_control_field_errors(header: dict[str, Any], code: str, key: str) -> None:
+    error = frame_error({"k": int(Kind.CONTROL), **header})
+    assert error.code == code
+    assert f"'{key}'" in error.reason
+    with pytest.raises(FrameError) as info:
+        wire.parse_control(header)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    "op", [None, "", "welcome", "sync", "ping", "LOCK", "chunk", 0, ["end"]], ids=repr
+)
+def test_control_bad_op(op: object) -> None:
+    header = {} if op is None else {"op": op}
+    assert frame_error({"k": 0, **header}).code == "bad_op"
+    with pytest.raises(FrameError) as info:
+        wire.parse_control(header)
+    assert info.value.code == "bad_op"
+
+
+def test_a_second_join_is_already_joined() -> None:
+    # The join message is read by parse_join; once joined, another one is an error frame.
+    data = wire.encode_join("sbi_abc", "Ada")
+    with pytest.raises(FrameError) as info:
+        wire.parse_client_frame(data)
+    assert info.value.code == "already_joined"
+    with pytest.raises(FrameError) as info:
+        wire.parse_control({"op": "join", "resume": "sbr_x"})
+    assert info.value.code == "already_joined"
+
+
+@pytest.mark.parametrize("op", ["end", "admit", "deny", "eject", "role", "keyframe"])
+def test_on_is_neither_read_nor_forwarded_for_ops_without_it(op: str) -> None:
+    header = {"op": op, "pid": 1, "track": 1, "role": "host", "on": "not-a-bool"}
+    op_read, fields = wire.parse_control(header)
+    assert op_read == op
+    assert "on" not in fields
+
+
+@pytest.mark.parametrize("op", ["lobby", "lock", "webinar", "mute", "publish", "subscribe"])
+def test_on_is_checked_for_ops_that_switch_something(op: str) -> None:
+    header = {"op": op, "pid": 1, "track": 1, "m": 0, "on": "not-a-bool"}
+    with pytest.raises(FrameError) as info:
+        wire.parse_control(header)
+    assert info.value.code == "bad_field"
+
+
+def test_control_ops_are_the_documented_set() -> None:
+    assert (
+        frozenset(
+            {
+                "lobby",
+                "admit",
+                "deny",
+                "lock",
+                "eject",
+                "mute",
+                "role",
+                "webinar",
+                "end",
+                "publish",
+                "subscribe",
+                "receive",
+                "keyframe",
+            }
+        )
+        == wire.CONTROL_OPS
+    )
+
+
+def test_error_reasons_never_echo_client_strings() -> None:
+    secret = "very-secret-content-123"
+    headers = [
+        {"k": 2, "op": secret, "poll": 1},
+        {"k": 2, "op": "open", "poll": secret},
+        {"k": 3, "op": "chunk", "doc": 1, "seq": secret},
+        {"k": 4, "track": 1, "m": secret, "seq": 0},
+        {"k": 0, "op": secret},
+        {"k": 0, "op": "role", "pid": 1, "role": secret},
+        {"k": 0, "op": "lock", "on": secret},
+    ]
+    for header in headers:
+        error = frame_error(header)
+        assert secret not in str(error)
+        assert secret not in error.reason
 
 
 # --- encoders and round trips --------------------------------------------------
@@ -221,10 +651,11 @@ def test_unknown_header_keys_are_ignored() -> None:
 def test_encode_data_parse_client_frame_round_trip(
     kind: Kind, to: int | None, payload: bytes
 ) -> None:
-    data = wire.encode_data(kind, to, payload)
+    data = wire.encode_data(kind, to, payload, **MINIMAL[kind])
     frame = wire.parse_client_frame(data)
     assert frame.kind is kind
     assert frame.to == to
+    assert (frame.op, dict(frame.fields)) == PARSED[kind]
     assert data[frame.payload_offset :] == payload
 
 
@@ -239,6 +670,13 @@ def test_encode_data_accepts_bytes_like_payloads(payload_type: type) -> None:
 def test_encode_data_without_to_has_no_to_key() -> None:
     header, _ = wire.split_frame(wire.encode_data(Kind.CHAT, None, b"p"))
     assert header == {"k": int(Kind.CHAT)}
+
+
+def test_encode_data_puts_the_kind_fields_in_the_header() -> None:
+    header, _ = wire.split_frame(
+        wire.encode_data(Kind.MEDIA, None, b"p", track=1, m=1, seq=5, key=True)
+    )
+    assert header == {"k": 4, "track": 1, "m": 1, "seq": 5, "key": True}
 
 
 @pytest.mark.parametrize("to", [None, 4])
@@ -256,10 +694,31 @@ def test_pack_data_header_stamps_sender(to: int | None) -> None:
     assert (frame.kind, frame.to) == (Kind.CHAT, to)
 
 
+@pytest.mark.parametrize("kind", [Kind.POLL, Kind.DOCUMENT, Kind.MEDIA])
+@pytest.mark.parametrize("to", [None, 4])
+def test_forwarded_header_carries_the_validated_fields(kind: Kind, to: int | None) -> None:
+    client = parse(kind_header(kind, **{"from": 99}, to=to))
+    forwarded = wire.pack_data_header(kind, 17, client.to, client.fields)
+    header, _ = wire.split_frame(forwarded)
+    expected: dict[str, Any] = {"k": int(kind), "from": 17, **PARSED[kind][1]}
+    if to is not None:
+        expected["to"] = to
+    assert header == expected
+    # The sender is the relay's stamp, never the client's claim.
+    assert header["from"] == 17
+    # A receiver parsing it reads the same routing fields.
+    again = wire.parse_client_frame(forwarded)
+    assert (again.op, dict(again.fields), again.to) == (client.op, dict(client.fields), to)
+
+
 def test_pack_data_header_is_deterministic() -> None:
     # Encode once: the same inputs give the same bytes (no per-call state leaks).
     assert wire.pack_data_header(Kind.CHAT, 1, 2) == wire.pack_data_header(Kind.CHAT, 1, 2)
     assert wire.pack_data_header(Kind.CHAT, 1, None) != wire.pack_data_header(Kind.CHAT, 2, None)
+    fields = {"op": "open", "poll": 3}
+    assert wire.pack_data_header(Kind.POLL, 1, None, fields) == wire.pack_data_header(
+        Kind.POLL, 1, None, dict(fields)
+    )
 
 
 def test_encode_control_is_header_only() -> None:
@@ -275,10 +734,62 @@ def test_encode_control_is_header_only() -> None:
     assert offset == len(data)
 
 
+def test_encode_control_round_trips_through_parse_client_frame() -> None:
+    frame = wire.parse_client_frame(wire.encode_control("mute", pid=2, track=1, on=False))
+    assert (frame.kind, frame.op, dict(frame.fields)) == (
+        Kind.CONTROL,
+        "mute",
+        {"pid": 2, "track": 1, "on": False},
+    )
+
+
+# --- join ------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("name", ["", "Ada", "é" * MAX_NAME_CHARS, "x" * MAX_NAME_CHARS])
 def test_encode_join_parse_join_round_trip(name: str) -> None:
     invitation = "sbi_" + "A" * 43
-    assert wire.parse_join(wire.encode_join(invitation, name)) == JoinRequest(invitation, name)
+    request = wire.parse_join(wire.encode_join(invitation, name))
+    assert request == JoinRequest(invitation, name)
+    assert request.resume is False
+
+
+def test_join_with_resume_token() -> None:
+    token = "sbr_" + "B" * 43
+    data = wire.encode_join(token, resume=True)
+    header, _ = wire.split_frame(data)
+    assert header["resume"] == token
+    assert "inv" not in header
+    request = wire.parse_join(data)
+    assert request == JoinRequest(token, "", resume=True)
+    assert request.resume is True
+    # A resume keeps the identity it had: a name sent with it is not taken.
+    assert wire.parse_join(wire.encode_join(token, "Mallory", resume=True)).name == ""
+
+
+def test_join_resume_nil_means_an_invitation_join() -> None:
+    data = pack({"k": 0, "op": "join", "inv": "sbi_abc", "resume": None, "name": "n"})
+    assert wire.parse_join(data) == JoinRequest("sbi_abc", "n")
+
+
+@pytest.mark.parametrize("resume", ["", 123, b"sbr_x", "x" * 129, ["sbr_x"], True], ids=repr)
+def test_join_bad_resume_token(resume: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        wire.parse_join(pack({"k": 0, "op": "join", "resume": resume}))
+    assert info.value.code == "bad_join"
+    assert not isinstance(info.value, FrameError)
+
+
+def test_a_minted_resume_token_fits_the_join() -> None:
+    token, _ = tokens.mint(tokens.TokenKind.RESUME)
+    assert token.startswith("sbr_")
+    assert wire.parse_join(wire.encode_join(token, resume=True)) == JoinRequest(
+        token, "", resume=True
+    )
+
+
+def test_join_longest_resume_token() -> None:
+    assert wire.parse_join(wire.encode_join("r" * 128, resume=True)).invitation == "r" * 128
 
 
 def test_parse_join_name_defaults_to_empty() -> None:
@@ -342,7 +853,41 @@ def test_parse_join_accepts_longest_invitation() -> None:
     assert wire.parse_join(wire.encode_join("x" * 128)).invitation == "x" * 128
 
 
+@pytest.mark.parametrize("k", [False, 0.0], ids=repr)
+def test_join_kind_must_be_the_integer_zero(k: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        wire.parse_join(pack({"k": k, "op": "join", "inv": "sbi_abc"}))
+    assert info.value.code == "bad_join"
+
+
 # --- property tests ------------------------------------------------------------
+
+
+def assert_well_formed(frame: ClientFrame, header: dict[str, Any]) -> None:
+    """What every successfully parsed frame guarantees, whatever the client sent."""
+    kind = frame.kind
+    assert frame.kind in set(Kind)
+    assert set(frame.fields) <= FIELD_NAMES[kind]
+    for key, value in frame.fields.items():
+        if key in ("on", "fin", "key"):
+            assert type(value) is bool
+        elif key in ("op", "role"):
+            assert type(value) is str
+        else:
+            assert type(value) is int
+            assert value >= 0
+        if key != "on" and key != "fin" and key != "key":
+            # Every forwarded value is the client's own, validated, never invented.
+            assert header[key] == value
+    if kind in (Kind.POLL, Kind.DOCUMENT):
+        assert frame.op == header["op"] == frame.fields["op"]
+    elif kind is Kind.CONTROL:
+        assert frame.op == header["op"]
+        assert frame.op in wire.CONTROL_OPS
+    else:
+        assert frame.op is None
+    if "m" in frame.fields:
+        assert frame.fields["m"] in {int(m) for m in Media}
 
 
 @given(st.binary(max_size=2048))
@@ -350,7 +895,7 @@ def test_arbitrary_bytes_only_ever_raise_frame_error(data: bytes) -> None:
     try:
         frame = wire.parse_client_frame(data)
     except FrameError as exc:
-        assert exc.code in {"malformed_header", "unknown_kind", "bad_recipient"}
+        assert exc.code in FRAME_ERROR_CODES
     else:
         assert 0 < frame.payload_offset <= min(len(data), MAX_HEADER_BYTES)
         assert frame.kind in set(Kind)
@@ -371,23 +916,114 @@ msgpack_values = st.recursive(
     max_leaves=12,
 )
 
+_ALL_OPS = sorted(wire.POLL_OPS | wire.DOCUMENT_OPS | wire.CONTROL_OPS | {"join"})
+_KEYS = [
+    "k",
+    "to",
+    "op",
+    "poll",
+    "doc",
+    "seq",
+    "fin",
+    "size",
+    "page",
+    "track",
+    "m",
+    "key",
+    "ts",
+    "pid",
+    "on",
+    "role",
+    "from",
+    "x",
+]
+# Mostly plausible values, so generated headers reach every field check.
+_plausible = (
+    st.integers(min_value=-2, max_value=6)
+    | st.sampled_from([_U16, _U16 + 1, _U32, _U32 + 1, _U63, _U63 + 1])
+    | st.sampled_from([*_ALL_OPS, "host", "presenter", "attendee", "owner"])
+    | st.booleans()
+    | st.none()
+    | msgpack_values
+)
+
 
 @given(
-    st.dictionaries(st.sampled_from(["k", "to", "op", "from", "x"]), msgpack_values, max_size=5),
+    st.dictionaries(st.sampled_from(_KEYS), _plausible, max_size=10),
+    st.none() | st.integers(min_value=0, max_value=4),
     st.binary(max_size=64),
 )
-def test_arbitrary_headers_only_ever_raise_frame_error(header: dict, payload: bytes) -> None:
+def test_arbitrary_headers_only_ever_raise_frame_error(
+    header: dict[str, Any], kind: int | None, payload: bytes
+) -> None:
+    if kind is not None:
+        header = {**header, "k": kind}
     encoded = pack(header)
     data = encoded + payload
     try:
         frame = wire.parse_client_frame(data)
     except FrameError as exc:
-        assert exc.code in {"malformed_header", "unknown_kind", "bad_recipient"}
+        assert exc.code in FRAME_ERROR_CODES
     else:
         assert frame.payload_offset == len(encoded)
         assert data[frame.payload_offset :] == payload
         assert frame.kind == header["k"]
         assert frame.to == header.get("to")
+        assert_well_formed(frame, header)
+
+
+VALID_HEADERS: list[dict[str, Any]] = [
+    *({"k": 0, **header} for header, _, _ in CONTROL_CASES),
+    {"k": 1},
+    *({"k": 2, "op": op, "poll": 3} for op in sorted(wire.POLL_OPS)),
+    *(
+        {"k": 3, "op": op, "doc": 1, "seq": 2, "fin": True, "size": 10, "page": 4}
+        for op in sorted(wire.DOCUMENT_OPS)
+    ),
+    *({"k": 4, "track": 1, "m": int(m), "seq": 2, "key": True, "ts": 5} for m in Media),
+]
+
+
+@st.composite
+def near_valid_headers(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid header of some kind, with a few keys added, changed or removed."""
+    header = dict(draw(st.sampled_from(VALID_HEADERS)))
+    for key in draw(st.lists(st.sampled_from(_KEYS), max_size=2)):
+        header.pop(key, None)
+    header.update(draw(st.dictionaries(st.sampled_from(_KEYS), _plausible, max_size=3)))
+    return header
+
+
+def test_valid_headers_are_valid() -> None:
+    for header in VALID_HEADERS:
+        assert_well_formed(parse(header), header)
+    assert {parse(h).kind for h in VALID_HEADERS} == set(Kind)
+
+
+@given(near_valid_headers(), st.binary(max_size=16))
+def test_near_valid_headers_only_ever_raise_frame_error(
+    header: dict[str, Any], payload: bytes
+) -> None:
+    encoded = pack(header)
+    try:
+        frame = wire.parse_client_frame(encoded + payload)
+    except FrameError as exc:
+        assert exc.code in FRAME_ERROR_CODES
+    else:
+        assert frame.payload_offset == len(encoded)
+        assert frame.kind == header["k"]
+        assert_well_formed(frame, header)
+
+
+@given(st.dictionaries(st.sampled_from(_KEYS), _plausible, max_size=8))
+def test_parse_control_only_ever_raises_frame_error(header: dict[str, Any]) -> None:
+    try:
+        op, fields = wire.parse_control(header)
+    except FrameError as exc:
+        assert exc.code in {"bad_op", "missing_field", "bad_field", "already_joined"}
+    else:
+        assert op in wire.CONTROL_OPS
+        assert set(fields) <= FIELD_NAMES[Kind.CONTROL]
 
 
 @given(
@@ -396,7 +1032,12 @@ def test_arbitrary_headers_only_ever_raise_frame_error(header: dict, payload: by
     st.binary(max_size=256),
 )
 def test_round_trip_property(kind: Kind, to: int | None, payload: bytes) -> None:
-    data = wire.encode_data(kind, to, payload)
+    data = wire.encode_data(kind, to, payload, **MINIMAL[kind])
+    if to is not None and not 0 <= to <= _U32:
+        with pytest.raises(FrameError) as info:
+            wire.parse_client_frame(data)
+        assert info.value.code == "bad_recipient"
+        return
     frame = wire.parse_client_frame(data)
     assert (frame.kind, frame.to) == (kind, to)
     assert data[frame.payload_offset :] == payload
@@ -408,10 +1049,3 @@ def test_arbitrary_bytes_as_join_only_raise_protocol_error(data: bytes) -> None:
         wire.parse_join(data)
     except ProtocolError as exc:
         assert exc.code == "bad_join"
-
-
-@pytest.mark.parametrize("k", [False, 0.0], ids=repr)
-def test_join_kind_must_be_the_integer_zero(k: object) -> None:
-    with pytest.raises(ProtocolError) as info:
-        wire.parse_join(pack({"k": k, "op": "join", "inv": "sbi_abc"}))
-    assert info.value.code == "bad_join"

@@ -29,11 +29,11 @@ class KindLimit:
 class Limits:
     """Per-participant limits; defaults suit a meeting client, not a load generator."""
 
-    chat: KindLimit = KindLimit(rate=10, burst=30, max_bytes=16 * 1024)
-    poll: KindLimit = KindLimit(rate=20, burst=50, max_bytes=64 * 1024)
+    chat: KindLimit = KindLimit(rate=10, burst=20, max_bytes=16 * 1024)
+    poll: KindLimit = KindLimit(rate=20, burst=40, max_bytes=64 * 1024)
     document: KindLimit = KindLimit(rate=400, burst=800, max_bytes=1 << 20)
     media: KindLimit = KindLimit(rate=400, burst=800, max_bytes=256 * 1024)
-    control: KindLimit = KindLimit(rate=20, burst=50, max_bytes=0)
+    control: KindLimit = KindLimit(rate=20, burst=40, max_bytes=0)
     max_document_bytes: int = 64 << 20
     """Largest document one share may carry (all its chunks)."""
     max_tracks: int = 8

@@ -240,6 +240,7 @@ class Meeting:
         self.documents = {d for d in self.documents if d[0] != pid}
         self._doc_bytes = {k: v for k, v in self._doc_bytes.items() if k[0] != pid}
         self.muted = {m for m in self.muted if m[0] != pid}
+        self._keyframe_asked = {k: v for k, v in self._keyframe_asked.items() if k[0] != pid}
         return participant
 
     def away(self, pid: int) -> Participant | None:
@@ -351,6 +352,9 @@ class Meeting:
     def _account_document(self, sender: Participant, frame: ClientFrame, nbytes: int) -> None:
         doc, op = frame.fields["doc"], frame.op
         if op == "stop":
+            if frame.to is not None:  # a stop for one participant ends only its copy
+                self._doc_bytes.pop((sender.pid, doc, frame.to), None)
+                return
             self.documents.discard((sender.pid, doc))
             for key in [k for k in self._doc_bytes if k[:2] == (sender.pid, doc)]:
                 del self._doc_bytes[key]
@@ -387,21 +391,23 @@ class Meeting:
 
     def control(self, actor: Participant, frame: ClientFrame, now: float) -> list[Event]:
         """Apply a control request from ``actor``; return what the relay must tell whom."""
-        if self.state is not MeetingState.LIVE:
-            raise MeetingEnded("the meeting has ended")
         if actor.presence is not Presence.HERE:
             raise Forbidden("wait until a host admits you", code="in_lobby")
         assert actor.rate is not None
         actor.rate.admit("control", 0, now)
         action = rules.action_of(frame)
         audience = Audience.EVERYONE if frame.op == "publish" else Audience.RELAY
-        rules.check(actor.role, action, audience, webinar=self.webinar)
+        # Withdrawing a track is always allowed, webinar or not.
+        withdrawing = frame.op == "publish" and not frame.fields.get("on", True)
+        rules.check(actor.role, action, audience, webinar=self.webinar and not withdrawing)
         return self.apply(actor, frame.op or "", dict(frame.fields), now)
 
     def apply(
         self, actor: Participant | None, op: str, args: dict[str, Any], now: float
     ) -> list[Event]:
         """Apply a control operation (``actor`` is ``None`` for the host API)."""
+        if self.state is not MeetingState.LIVE:
+            raise MeetingEnded("the meeting has ended")
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             raise FrameError(f"unknown control operation {op!r}", code="bad_op")
@@ -492,11 +498,14 @@ class Meeting:
         self, actor: Participant | None, args: dict[str, Any], now: float
     ) -> list[Event]:
         assert actor is not None
-        key = (args["pid"], args.get("track"))
+        pid, track = args["pid"], args.get("track")
         if args.get("on", True):
-            actor.unsubscribed.discard(key)
+            if track is None:  # everything of pid again, whatever was turned off before
+                actor.unsubscribed = {k for k in actor.unsubscribed if k[0] != pid}
+            else:
+                actor.unsubscribed.discard((pid, track))
         else:
-            actor.unsubscribed.add(key)
+            actor.unsubscribed.add((pid, track))
         return []
 
     def _op_receive(
