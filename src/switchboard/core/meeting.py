@@ -18,6 +18,7 @@ joins; the record is being written) -> ``ENDED`` (the record is committed).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,8 +168,14 @@ class Meeting:
         started_mono: float,
         max_participants: int,
         limits: Limits | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` reads the monotonic time (for participant-seconds); without one,
+        time stands still at ``started_mono``."""
         self.meeting_id = meeting_id
+        self._clock = clock or (lambda: started_mono)
+        self.last_activity = started_mono
+        """Monotonic time of the last join or switched frame (for the idle timeout)."""
         self.host_id = host_id
         self.started_at = started_at
         self.started_mono = started_mono
@@ -224,7 +231,9 @@ class Meeting:
     def _admit(self, participant: Participant) -> None:
         participant.presence = Presence.HERE
         self.participants[participant.pid] = participant
-        self.meter.joined(participant.seat)
+        now = self._clock()
+        self.meter.joined(participant.seat, now)
+        self.last_activity = max(self.last_activity, now)
 
     def leave(self, pid: int) -> Participant | None:
         """Remove a participant for good; ``None`` if it was not here."""
@@ -235,7 +244,7 @@ class Meeting:
         if participant is None:
             return None
         if participant.presence is Presence.HERE:
-            self.meter.left()
+            self.meter.left(self._clock())
         self.polls = {poll: owner for poll, owner in self.polls.items() if owner != pid}
         self.documents = {d for d in self.documents if d[0] != pid}
         self._doc_bytes = {k: v for k, v in self._doc_bytes.items() if k[0] != pid}
@@ -250,7 +259,7 @@ class Meeting:
             return None
         participant.presence = Presence.AWAY
         participant.awaiting_key.clear()
-        self.meter.left()
+        self.meter.left(self._clock())
         return participant
 
     def back(self, pid: int) -> Participant:
@@ -261,7 +270,7 @@ class Meeting:
         if participant is None or participant.presence is not Presence.AWAY:
             raise FrameError("nothing to resume", code="resume_invalid")
         participant.presence = Presence.HERE
-        self.meter.joined(participant.seat)
+        self.meter.joined(participant.seat, self._clock())
         return participant
 
     @property
@@ -378,6 +387,7 @@ class Meeting:
         """Count one switched frame for the record."""
         feature = _FEATURE_OF_KIND.get(kind) or feature_of(kind, media)
         self.meter.switched(feature, nbytes, deliveries, dropped, now)
+        self.last_activity = now
 
     def keyframe_due(self, pid: int, track: int, now: float) -> bool:
         """Whether a keyframe request for ``pid``'s ``track`` may go out now (throttle)."""
@@ -539,7 +549,14 @@ class Meeting:
         self.end_reason = reason
         return True
 
-    def finish(self, *, record_id: str, ended_at: float, ended_mono: float) -> CallRecord:
+    def finish(
+        self,
+        *,
+        record_id: str,
+        ended_at: float,
+        ended_mono: float,
+        nodes: tuple[str, ...] = (),
+    ) -> CallRecord:
         """Produce the final record; the meeting is over."""
         if self.end_reason is None:
             raise RuntimeError("finish() before begin_end()")
@@ -552,4 +569,20 @@ class Meeting:
             ended_at=ended_at,
             ended_mono=ended_mono,
             end_reason=self.end_reason,
+            nodes=nodes,
+        )
+
+    def checkpoint(
+        self, *, record_id: str, at: float, at_mono: float, nodes: tuple[str, ...] = ()
+    ) -> CallRecord:
+        """The record as it stands: what a crash right now would leave (``relay_failure``)."""
+        return self.meter.finish(
+            record_id=record_id,
+            meeting_id=self.meeting_id,
+            host_id=self.host_id,
+            started_at=self.started_at,
+            ended_at=at,
+            ended_mono=at_mono,
+            end_reason=EndReason.RELAY_FAILURE,
+            nodes=nodes,
         )

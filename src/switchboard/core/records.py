@@ -8,12 +8,21 @@ everything a record may contain, and a test checks stored records against it.
 
 Durations come from the monotonic clock so a wall-clock step cannot change
 what a customer is billed; the wall clock only labels start and end.
+
+Records are tamper-evident: each final record carries ``prev_hash`` (the hash
+of the record committed before it) and ``signature`` (Ed25519 over its
+:func:`canonical` bytes, ``prev_hash`` included), so billing can prove that no
+record was altered, removed or inserted. :func:`canonical` and
+:func:`chain_hash` work on the exported JSON form, so a verifier needs nothing
+but the export and the public key.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,16 +31,23 @@ from .wire import Kind, Media
 __all__ = [
     "COLUMNS",
     "FEATURES",
+    "GENESIS_HASH",
     "SCHEMA_VERSION",
     "CallRecord",
     "EndReason",
     "FeatureUsage",
     "UsageMeter",
+    "canonical",
+    "chain_hash",
     "feature_of",
     "iso_utc",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added nodes, participant_seconds, prev_hash, signature and two end reasons."""
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of the first record of a store."""
 
 FEATURES: tuple[str, ...] = ("chat", "poll", "document", "audio", "video", "screen")
 """Features a record can report: the data kinds, with media split by type."""
@@ -51,7 +67,10 @@ class EndReason(enum.StrEnum):
 
     HOST_ENDED = "host_ended"
     LAST_LEFT = "last_left"
+    IDLE_TIMEOUT = "idle_timeout"
     RELAY_SHUTDOWN = "relay_shutdown"
+    RELAY_FAILURE = "relay_failure"
+    """The relay died mid-meeting; the record is its last checkpoint, closed at restart."""
 
 
 def iso_utc(epoch: float) -> str:
@@ -106,6 +125,10 @@ class CallRecord:
     end_reason: str
     features: dict[str, FeatureUsage] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    nodes: tuple[str, ...] = ()
+    participant_seconds: float = 0.0
+    prev_hash: str = ""
+    signature: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values; the shape billing reads."""
@@ -122,6 +145,10 @@ class CallRecord:
             "usage": {name: use.to_dict() for name, use in sorted(self.features.items())},
             "end_reason": self.end_reason,
             "schema_version": self.schema_version,
+            "nodes": list(self.nodes),
+            "participant_seconds": round(self.participant_seconds, 3),
+            "prev_hash": self.prev_hash,
+            "signature": self.signature,
         }
 
     @classmethod
@@ -139,6 +166,10 @@ class CallRecord:
             end_reason=data["end_reason"],
             features={name: FeatureUsage(**use) for name, use in data.get("usage", {}).items()},
             schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+            nodes=tuple(data.get("nodes", ())),
+            participant_seconds=float(data.get("participant_seconds", 0.0)),
+            prev_hash=str(data.get("prev_hash", "")),
+            signature=str(data.get("signature", "")),
         )
 
     def csv_row(self) -> dict[str, Any]:
@@ -146,6 +177,7 @@ class CallRecord:
         flat = self.to_dict()
         row = {key: flat[key] for key in _BASE_COLUMNS}
         row["features_used"] = " ".join(flat["features_used"])
+        row["nodes"] = " ".join(flat["nodes"])
         for name in FEATURES:
             use = self.features.get(name, FeatureUsage())
             row[f"{name}_frames"] = use.frames
@@ -173,6 +205,10 @@ _BASE_COLUMNS = (
     "features_used",
     "end_reason",
     "schema_version",
+    "nodes",
+    "participant_seconds",
+    "prev_hash",
+    "signature",
 )
 
 COLUMNS: tuple[str, ...] = _BASE_COLUMNS + tuple(
@@ -183,30 +219,66 @@ COLUMNS: tuple[str, ...] = _BASE_COLUMNS + tuple(
 """The allow-list: every field a flat record (CSV export, store columns) may have."""
 
 
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes a record's signature covers: its exported JSON form, minus the
+    signature and the store cursor, with sorted keys and no spaces."""
+    body = {k: v for k, v in record.items() if k not in ("signature", "cursor")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def chain_hash(record: dict[str, Any]) -> str:
+    """The hash the next record names as its ``prev_hash``: canonical bytes and signature."""
+    digest = hashlib.sha256(canonical(record))
+    digest.update(str(record.get("signature", "")).encode())
+    return digest.hexdigest()
+
+
 class UsageMeter:
     """Counts a live meeting's usage; :meth:`finish` turns it into a record.
 
-    Pure bookkeeping: the caller passes in clock readings.
+    Pure bookkeeping: the caller passes in monotonic clock readings.
+    Participant-seconds integrate the number of participants present over time.
     """
 
-    __slots__ = ("_features", "_seats", "_started_mono", "current", "peak")
+    __slots__ = (
+        "_changed",
+        "_features",
+        "_ps",
+        "_seats",
+        "_started_mono",
+        "current",
+        "peak",
+    )
 
     def __init__(self, started_mono: float) -> None:
         self._started_mono = started_mono
         self._seats: set[str] = set()
         self._features: dict[str, FeatureUsage] = {}
+        self._ps = 0.0
+        self._changed = started_mono
         self.current = 0
         self.peak = 0
 
-    def joined(self, seat: str) -> None:
+    def _integrate(self, now_mono: float | None) -> None:
+        if now_mono is not None and now_mono > self._changed:
+            self._ps += self.current * (now_mono - self._changed)
+            self._changed = now_mono
+
+    def participant_seconds(self, now_mono: float) -> float:
+        """Seconds of presence summed over participants, up to ``now_mono``."""
+        return self._ps + self.current * max(0.0, now_mono - self._changed)
+
+    def joined(self, seat: str, now_mono: float | None = None) -> None:
         """A participant joined; ``seat`` identifies the redemption, not the person."""
+        self._integrate(now_mono)
         self._seats.add(seat)
         self.current += 1
         if self.current > self.peak:
             self.peak = self.current
 
-    def left(self) -> None:
+    def left(self, now_mono: float | None = None) -> None:
         """A participant left."""
+        self._integrate(now_mono)
         self.current -= 1
 
     def _use(self, feature: str, now_mono: float) -> FeatureUsage:
@@ -236,8 +308,9 @@ class UsageMeter:
         ended_at: float,
         ended_mono: float,
         end_reason: EndReason,
+        nodes: tuple[str, ...] = (),
     ) -> CallRecord:
-        """The final record of the meeting."""
+        """The record of the meeting as of ``ended_mono`` (final, or a checkpoint)."""
         return CallRecord(
             record_id=record_id,
             meeting_id=meeting_id,
@@ -259,4 +332,6 @@ class UsageMeter:
                 )
                 for name, use in self._features.items()
             },
+            nodes=nodes,
+            participant_seconds=self.participant_seconds(ended_mono),
         )

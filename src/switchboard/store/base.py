@@ -12,7 +12,7 @@ store frame content.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,6 +98,8 @@ class ApiKey:
     created_at: float
     last_used_at: float | None
     revoked: bool
+    host_id: str | None = None
+    """For ``meetings:write`` keys: the host the key acts for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,24 +188,75 @@ class Store(Protocol):
 
     # API keys
     async def create_api_key(
-        self, digest: bytes, scopes: frozenset[str], label: str, now: float
+        self,
+        digest: bytes,
+        scopes: frozenset[str],
+        label: str,
+        now: float,
+        host_id: str | None = None,
     ) -> ApiKey:
-        """Store a new API key under its token's digest."""
+        """Store a new API key under its token's digest (``host_id``: the host it acts for)."""
 
     async def use_api_key(self, digest: bytes, now: float) -> ApiKey | None:
         """Look a key up and record its use; ``None`` if unknown or revoked."""
 
+    async def list_api_keys(self) -> Sequence[ApiKey]:
+        """Every API key, revoked ones included, oldest first (never the secret)."""
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key for good; whether it existed."""
+
     # records
-    async def finish_meeting(self, record: CallRecord) -> StoredRecord:
+    async def save_checkpoint(self, record: CallRecord) -> None:
+        """Store the running record of a live meeting (open record; replaces the last one).
+
+        ``record.nodes[0]`` names the node that owns the meeting, so that node
+        (and only it) closes the record after a crash.
+        """
+
+    async def open_checkpoints(self, node: str) -> Sequence[CallRecord]:
+        """Checkpoints of meetings that ``node`` never finished (it crashed)."""
+
+    async def finish_meeting(
+        self,
+        record: CallRecord,
+        *,
+        sign: Callable[[bytes], str] | None = None,
+        deliver: bool = False,
+        now: float = 0.0,
+    ) -> StoredRecord:
         """Commit a meeting's final record and mark it ended, in one durable transaction.
 
-        Idempotent per meeting: a second call returns the record already stored.
+        The record is linked to the one committed before it (``prev_hash``) and
+        signed with ``sign`` over its canonical bytes; its open checkpoint is
+        removed; with ``deliver`` a webhook delivery is queued. Exactly once per
+        meeting: a second call returns the record already stored.
         """
 
     async def get_record(self, meeting_id: str) -> StoredRecord | None:
         """The record of one meeting, if it has one."""
 
     async def list_records(
-        self, *, after: int = 0, limit: int = 100, host_id: str | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        host_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Sequence[StoredRecord]:
-        """Records in commit order with ``seq > after``; only ``host_id``'s if given."""
+        """Records in commit order with ``seq > after``; filters: host, end time range."""
+
+    # webhook deliveries
+    async def due_deliveries(
+        self, now: float, limit: int = 50
+    ) -> Sequence[tuple[StoredRecord, int]]:
+        """Undelivered records whose next attempt is due, with the attempts so far."""
+
+    async def delivery_done(
+        self, record_id: str, *, ok: bool, status: str, now: float, retry_at: float
+    ) -> None:
+        """Record one delivery attempt: delivered, or retry at ``retry_at``."""
+
+    async def delivery_state(self, record_id: str) -> tuple[int, float | None] | None:
+        """(attempts, delivered_at) of a record's delivery, or ``None`` if none is queued."""

@@ -12,6 +12,7 @@ locking keeps them consistent and every multi-step change is one transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core.records import CallRecord, FeatureUsage
+from ..core.records import GENESIS_HASH, CallRecord, FeatureUsage, canonical, chain_hash
 from ..core.rules import Role
 from ..errors import ConfigError, Conflict, InvitationError, MeetingEnded, StoreError
 from .base import (
@@ -39,7 +40,7 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -102,6 +103,33 @@ CREATE TABLE IF NOT EXISTS cdrs (
 );
 CREATE INDEX IF NOT EXISTS cdrs_by_host ON cdrs(host_id, seq);
 """
+
+# Each entry brings a database from the version before it to its own version.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+ALTER TABLE cdrs ADD COLUMN nodes TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE cdrs ADD COLUMN participant_seconds REAL NOT NULL DEFAULT 0;
+ALTER TABLE cdrs ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE cdrs ADD COLUMN signature TEXT NOT NULL DEFAULT '';
+ALTER TABLE cdrs ADD COLUMN chain_hash TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS cdrs_by_end ON cdrs(ended_at);
+ALTER TABLE api_keys ADD COLUMN host_id TEXT REFERENCES hosts(host_id);
+CREATE TABLE IF NOT EXISTS open_records (
+    meeting_id    TEXT PRIMARY KEY,
+    node          TEXT NOT NULL,
+    record        TEXT NOT NULL,  -- the latest checkpoint, as the record's JSON
+    updated_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    record_id     TEXT PRIMARY KEY REFERENCES cdrs(record_id),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  REAL NOT NULL,
+    delivered_at  REAL,
+    last_status   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries(delivered_at, next_attempt);
+""",
+}
 
 
 def _email_key(email: str) -> str:
@@ -167,8 +195,15 @@ class SqliteStore:
             raise StoreError(
                 f"database schema {version} is newer than this switchboard ({_SCHEMA_VERSION})"
             )
-        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        if version == 0:
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "PRAGMA user_version = 1; COMMIT;")
+            version = 1
+        for target in range(version + 1, _SCHEMA_VERSION + 1):
+            conn.executescript(
+                "BEGIN IMMEDIATE;"
+                + _MIGRATIONS[target]
+                + f"PRAGMA user_version = {target}; COMMIT;"
+            )
         self._conn = conn
 
     async def open(self) -> None:
@@ -432,20 +467,29 @@ class SqliteStore:
 
     # API keys
 
+    _KEY_COLS = "key_id, label, scopes, created_at, last_used_at, revoked, host_id"
+
     @staticmethod
     def _api_key(row: Sequence[Any]) -> ApiKey:
-        return ApiKey(row[0], row[1], frozenset(row[2].split()), row[3], row[4], bool(row[5]))
+        return ApiKey(
+            row[0], row[1], frozenset(row[2].split()), row[3], row[4], bool(row[5]), row[6]
+        )
 
     async def create_api_key(
-        self, digest: bytes, scopes: frozenset[str], label: str, now: float
+        self,
+        digest: bytes,
+        scopes: frozenset[str],
+        label: str,
+        now: float,
+        host_id: str | None = None,
     ) -> ApiKey:
         """See :class:`~switchboard.store.base.Store`."""
-        key = ApiKey(_new_id("k_"), label, scopes, now, None, False)
+        key = ApiKey(_new_id("k_"), label, scopes, now, None, False, host_id)
         await self._run(
             self._db.execute,
-            "INSERT INTO api_keys (key_id, digest, label, scopes, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key.key_id, digest, label, " ".join(sorted(scopes)), now),
+            "INSERT INTO api_keys (key_id, digest, label, scopes, created_at, host_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key.key_id, digest, label, " ".join(sorted(scopes)), now, host_id),
         )
         return key
 
@@ -455,18 +499,37 @@ class SqliteStore:
         def run() -> ApiKey | None:
             row = self._db.execute(
                 "UPDATE api_keys SET last_used_at = ? WHERE digest = ? AND revoked = 0"
-                " RETURNING key_id, label, scopes, created_at, last_used_at, revoked",
+                f" RETURNING {self._KEY_COLS}",
                 (now, digest),
             ).fetchone()
             return self._api_key(row) if row else None
 
         return await self._run(run)
 
+    async def list_api_keys(self) -> Sequence[ApiKey]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[ApiKey]:
+            rows = self._db.execute(
+                f"SELECT {self._KEY_COLS} FROM api_keys ORDER BY created_at, key_id"
+            ).fetchall()
+            return [self._api_key(row) for row in rows]
+
+        return await self._run(run)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """See :class:`~switchboard.store.base.Store`."""
+        cur = await self._run(
+            self._db.execute, "UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,)
+        )
+        return cur.rowcount > 0
+
     # records
 
     _CDR_COLS = (
         "seq, record_id, meeting_id, host_id, started_at, ended_at, duration_seconds,"
-        " peak_participants, distinct_participants, end_reason, schema_version, usage"
+        " peak_participants, distinct_participants, end_reason, schema_version, usage,"
+        " nodes, participant_seconds, prev_hash, signature"
     )
 
     @staticmethod
@@ -484,40 +547,97 @@ class SqliteStore:
             end_reason=row[9],
             schema_version=row[10],
             features={name: FeatureUsage(**use) for name, use in usage.items()},
+            nodes=tuple(json.loads(row[12])),
+            participant_seconds=row[13],
+            prev_hash=row[14],
+            signature=row[15],
         )
         return StoredRecord(row[0], record)
 
-    async def finish_meeting(self, record: CallRecord) -> StoredRecord:
+    async def save_checkpoint(self, record: CallRecord) -> None:
         """See :class:`~switchboard.store.base.Store`."""
-        usage = json.dumps(
-            {name: use.to_dict() for name, use in record.features.items()}, sort_keys=True
+        node = record.nodes[0] if record.nodes else ""
+        await self._run(
+            self._db.execute,
+            "INSERT INTO open_records (meeting_id, node, record, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (meeting_id) DO UPDATE SET record = excluded.record,"
+            " updated_at = excluded.updated_at",
+            (record.meeting_id, node, json.dumps(record.to_dict()), record.ended_at),
         )
 
+    async def open_checkpoints(self, node: str) -> Sequence[CallRecord]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[CallRecord]:
+            rows = self._db.execute(
+                "SELECT record FROM open_records WHERE node = ? ORDER BY updated_at", (node,)
+            ).fetchall()
+            return [CallRecord.from_dict(json.loads(row[0])) for row in rows]
+
+        return await self._run(run)
+
+    async def finish_meeting(
+        self,
+        record: CallRecord,
+        *,
+        sign: Callable[[bytes], str] | None = None,
+        deliver: bool = False,
+        now: float = 0.0,
+    ) -> StoredRecord:
+        """See :class:`~switchboard.store.base.Store`."""
+
         def run(db: sqlite3.Connection) -> StoredRecord:
+            row = db.execute(
+                f"SELECT {self._CDR_COLS} FROM cdrs WHERE meeting_id = ?", (record.meeting_id,)
+            ).fetchone()
+            if row is not None:  # already final: exactly one record per meeting
+                db.execute("DELETE FROM open_records WHERE meeting_id = ?", (record.meeting_id,))
+                return self._stored(row)
+            last = db.execute("SELECT chain_hash FROM cdrs ORDER BY seq DESC LIMIT 1").fetchone()
+            final = dataclasses.replace(
+                record, prev_hash=last[0] if last and last[0] else GENESIS_HASH, signature=""
+            )
+            if sign is not None:
+                final = dataclasses.replace(final, signature=sign(canonical(final.to_dict())))
+            link = chain_hash(final.to_dict())
+            usage = json.dumps(
+                {name: use.to_dict() for name, use in final.features.items()}, sort_keys=True
+            )
             db.execute(
                 "INSERT INTO cdrs (record_id, meeting_id, host_id, started_at, ended_at,"
                 " duration_seconds, peak_participants, distinct_participants, end_reason,"
-                " schema_version, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (meeting_id) DO NOTHING",
+                " schema_version, usage, nodes, participant_seconds, prev_hash, signature,"
+                " chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    record.record_id,
-                    record.meeting_id,
-                    record.host_id,
-                    record.started_at,
-                    record.ended_at,
-                    record.duration_seconds,
-                    record.peak_participants,
-                    record.distinct_participants,
-                    record.end_reason,
-                    record.schema_version,
+                    final.record_id,
+                    final.meeting_id,
+                    final.host_id,
+                    final.started_at,
+                    final.ended_at,
+                    final.duration_seconds,
+                    final.peak_participants,
+                    final.distinct_participants,
+                    final.end_reason,
+                    final.schema_version,
                     usage,
+                    json.dumps(list(final.nodes)),
+                    final.participant_seconds,
+                    final.prev_hash,
+                    final.signature,
+                    link,
                 ),
             )
+            db.execute("DELETE FROM open_records WHERE meeting_id = ?", (record.meeting_id,))
             db.execute(
                 "UPDATE meetings SET state = 'ended', ended_at = ?"
                 " WHERE meeting_id = ? AND state != 'ended'",
-                (record.ended_at, record.meeting_id),
+                (final.ended_at, final.meeting_id),
             )
+            if deliver:
+                db.execute(
+                    "INSERT INTO webhook_deliveries (record_id, next_attempt) VALUES (?, ?)",
+                    (final.record_id, now),
+                )
             row = db.execute(
                 f"SELECT {self._CDR_COLS} FROM cdrs WHERE meeting_id = ?", (record.meeting_id,)
             ).fetchone()
@@ -537,22 +657,79 @@ class SqliteStore:
         return await self._run(run)
 
     async def list_records(
-        self, *, after: int = 0, limit: int = 100, host_id: str | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        host_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Sequence[StoredRecord]:
         """See :class:`~switchboard.store.base.Store`."""
+        where, args = ["seq > ?"], [after]
+        if host_id is not None:
+            where.append("host_id = ?")
+            args.append(host_id)  # type: ignore[arg-type]
+        if since is not None:
+            where.append("ended_at >= ?")
+            args.append(since)  # type: ignore[arg-type]
+        if until is not None:
+            where.append("ended_at < ?")
+            args.append(until)  # type: ignore[arg-type]
+        sql = f"SELECT {self._CDR_COLS} FROM cdrs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
 
         def run() -> list[StoredRecord]:
-            if host_id is None:
-                rows = self._db.execute(
-                    f"SELECT {self._CDR_COLS} FROM cdrs WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    f"SELECT {self._CDR_COLS} FROM cdrs WHERE host_id = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?",
-                    (host_id, after, limit),
-                ).fetchall()
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
             return [self._stored(row) for row in rows]
+
+        return await self._run(run)
+
+    # webhook deliveries
+
+    async def due_deliveries(
+        self, now: float, limit: int = 50
+    ) -> Sequence[tuple[StoredRecord, int]]:
+        """See :class:`~switchboard.store.base.Store`."""
+        cols = ", ".join(f"c.{c.strip()}" for c in self._CDR_COLS.split(","))
+
+        def run() -> list[tuple[StoredRecord, int]]:
+            rows = self._db.execute(
+                f"SELECT {cols}, d.attempts FROM webhook_deliveries d"
+                " JOIN cdrs c USING (record_id)"
+                " WHERE d.delivered_at IS NULL AND d.next_attempt <= ?"
+                " ORDER BY c.seq LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [(self._stored(row[:-1]), row[-1]) for row in rows]
+
+        return await self._run(run)
+
+    async def delivery_done(
+        self, record_id: str, *, ok: bool, status: str, now: float, retry_at: float
+    ) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        if ok:
+            sql = (
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, delivered_at = ?,"
+                " last_status = ? WHERE record_id = ?"
+            )
+            args: tuple[Any, ...] = (now, status, record_id)
+        else:
+            sql = (
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt = ?,"
+                " last_status = ? WHERE record_id = ?"
+            )
+            args = (retry_at, status, record_id)
+        await self._run(self._db.execute, sql, args)
+
+    async def delivery_state(self, record_id: str) -> tuple[int, float | None] | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> tuple[int, float | None] | None:
+            row = self._db.execute(
+                "SELECT attempts, delivered_at FROM webhook_deliveries WHERE record_id = ?",
+                (record_id,),
+            ).fetchone()
+            return (row[0], row[1]) if row else None
 
         return await self._run(run)
