@@ -33,7 +33,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..core import wire
-from ..core.codes import CloseCode
+from ..core.codes import CloseCode, is_transient
 from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 
 if TYPE_CHECKING:
@@ -266,21 +266,31 @@ class RelayConnection(asyncio.Protocol):
         return self.transport is not None and self.proto.state is State.OPEN
 
     @property
-    def left_on_purpose(self) -> bool:
-        """The client closed with a normal close frame (it left; it did not drop)."""
+    def ends_seat(self) -> bool:
+        """The connection ended in a way that gives up the seat (no reconnect grace).
+
+        Either the client left (a normal close frame) or the relay closed it
+        with a terminal code (abuse, protocol violation, message too big).
+        """
         received = self.proto.close_rcvd
-        return received is not None and received.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        if received is not None and received.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+            return True
+        sent = self.proto.close_sent
+        return sent is not None and not is_transient(sent.code)
 
     def buffered(self) -> int:
         """Bytes written to this connection and not yet sent."""
         transport = self.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    def write_frame(self, message: bytes) -> None:
-        """Queue one pre-framed message (:func:`binary_message`); never blocks."""
+    def write_frame(self, message: bytes) -> bool:
+        """Queue one pre-framed message (:func:`binary_message`); never blocks.
+
+        Returns whether it was written (not if the connection is closing).
+        """
         transport = self.transport
         if transport is None or self.proto.state is not State.OPEN:
-            return
+            return False
         transport.write(message)
         if transport.get_write_buffer_size() > self.write_limit:
             # The close frame queues behind the backlog; a receiver that does not
@@ -288,6 +298,7 @@ class RelayConnection(asyncio.Protocol):
             self.close(
                 CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
             )
+        return True
 
     def send_control(self, op: str, **fields: Any) -> None:
         """Send one control frame to this participant only."""
