@@ -107,7 +107,7 @@ class Settings:
     """Chat frames per second per participant (bursts of twice that are allowed)."""
     rate_poll: float = 20.0
     """Poll frames per second per participant."""
-    rate_document: float = 400.0
+    rate_document: float = 1000.0
     """Document frames (chunks, page turns, annotations) per second per participant."""
     rate_media: float = 400.0
     """Media frames per second per participant, all tracks together."""

@@ -56,7 +56,7 @@ __all__ = [
     "SyncRequested",
 ]
 
-DOCUMENT_CHUNK_BYTES = 256 * 1024
+DOCUMENT_CHUNK_BYTES = 64 * 1024
 """Bytes per document chunk the SDK sends."""
 
 _QUEUE_EVENTS = 1024

@@ -264,7 +264,9 @@ class Hub:
         else:
             self._welcome(room, participant, conn)
         if created:
-            await self.store.meeting_started(mid, room.meeting.started_at)
+            # Not awaited here: the participant is seated, and nothing about the
+            # seat may depend on (or be undone by) this bookkeeping write.
+            self._spawn(self.store.meeting_started(mid, room.meeting.started_at))
         return True
 
     def _welcome(
@@ -418,11 +420,13 @@ class Hub:
                 raise FrameError(
                     f"participant {route.target} is reconnecting; try again", code="recipient_away"
                 )
-            written = target.write_frame(
-                binary_message(
-                    wire.pack_data_header(kind, sender.pid, route.target, frame.fields), payload
-                )
+            message = binary_message(
+                wire.pack_data_header(kind, sender.pid, route.target, frame.fields), payload
             )
+            if kind is Kind.DOCUMENT:
+                written = target.write_bulk(message)
+            else:
+                written = target.write_frame(message)
             meeting.switched(kind, None, nbytes, int(written), 0, now)
             return
         message = binary_message(
@@ -431,9 +435,14 @@ class Hub:
         me = sender.pid
         if kind is not Kind.MEDIA:
             deliveries = 0
-            for pid, other in room.conns.items():
-                if pid != me and other.write_frame(message):
-                    deliveries += 1
+            if kind is Kind.DOCUMENT:
+                for pid, other in room.conns.items():
+                    if pid != me and other.write_bulk(message):
+                        deliveries += 1
+            else:
+                for pid, other in room.conns.items():
+                    if pid != me and other.write_frame(message):
+                        deliveries += 1
             meeting.switched(kind, None, nbytes, deliveries, 0, now)
             return
         self._fan_out_media(room, conn, sender, frame.fields, message, nbytes, now)
