@@ -425,7 +425,7 @@ def test_new_setting_defaults() -> None:
         settings.rate_document,
         settings.rate_media,
         settings.rate_control,
-    ) == (10.0, 20.0, 400.0, 400.0, 20.0)
+    ) == (10.0, 20.0, 1000.0, 400.0, 20.0)
 
 
 def test_new_settings_from_file_and_environment(tmp_path: Path) -> None:
@@ -573,7 +573,7 @@ def test_default_limits_are_the_documented_ones() -> None:
     limits = Settings().limits()
     assert (limits.chat.rate, limits.chat.burst, limits.chat.max_bytes) == (10, 20, 16384)
     assert (limits.poll.rate, limits.poll.burst, limits.poll.max_bytes) == (20, 40, 65536)
-    assert (limits.document.rate, limits.document.burst) == (400, 800)
+    assert (limits.document.rate, limits.document.burst) == (1000, 2000)
     assert limits.document.max_bytes == Settings().max_frame_bytes == 1 << 20
     assert (limits.media.rate, limits.media.burst, limits.media.max_bytes) == (400, 800, 262144)
     assert (limits.control.rate, limits.control.burst, limits.control.max_bytes) == (20, 40, 0)

@@ -684,12 +684,17 @@ def test_role_changes_take_effect_at_once() -> None:
     assert code_of(route, meeting, host, poll("open", 2)) == "not_allowed"
 
 
-def test_a_host_may_change_its_own_role() -> None:
+def test_a_host_may_step_down_only_if_another_host_remains() -> None:
     meeting = new_meeting()
     host = join(meeting, Role.HOST)
+    assert code_of(control, meeting, host, "role", pid=host.pid, role="presenter") == "last_host"
+    assert host.role is Role.HOST
+    other = join(meeting)
+    control(meeting, host, "role", pid=other.pid, role="host")
     events = control(meeting, host, "role", pid=host.pid, role="presenter")
     assert events == [Announce("role", {"pid": host.pid, "role": "presenter"})]
     assert code_of(control, meeting, host, "lock") == "not_allowed"
+    assert code_of(control, meeting, other, "role", pid=other.pid, role="attendee") == "last_host"
 
 
 def test_role_errors() -> None:
@@ -937,7 +942,26 @@ def test_stop_clears_the_byte_count() -> None:
     p = join(meeting, Role.PRESENTER)
     route(meeting, p, chunk(1, 0), nbytes=100)
     route(meeting, p, document("stop", 1))
-    assert route(meeting, p, chunk(1, 1), nbytes=100) == Route(Audience.EVERYONE)
+    with pytest.raises(FrameError) as after_stop:
+        route(meeting, p, chunk(1, 1), nbytes=100)
+    assert after_stop.value.code == "chunk_out_of_order"
+    assert route(meeting, p, chunk(1, 0), nbytes=100) == Route(Audience.EVERYONE)
+
+
+def test_chunks_come_in_order_and_a_refused_share_stays_refused_until_it_restarts() -> None:
+    meeting = small_documents()
+    p = join(meeting, Role.PRESENTER)
+    route(meeting, p, chunk(1, 0), nbytes=10)
+    with pytest.raises(FrameError) as skipped:
+        route(meeting, p, chunk(1, 2), nbytes=10)
+    assert skipped.value.code == "chunk_out_of_order"
+    # The share broke: even the chunk that would have been next is refused now,
+    # so no receiver assembles a document with a hole in it.
+    with pytest.raises(FrameError) as broken:
+        route(meeting, p, chunk(1, 1), nbytes=10)
+    assert broken.value.code == "chunk_out_of_order"
+    assert route(meeting, p, chunk(1, 0), nbytes=10) == Route(Audience.EVERYONE)
+    assert route(meeting, p, chunk(1, 1), nbytes=10) == Route(Audience.EVERYONE)
 
 
 def test_document_bytes_are_counted_per_sharer_document_and_audience() -> None:

@@ -294,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``cdr export | head``): not an error of ours.
+        sys.stderr.close()
+        return 0
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 

@@ -75,7 +75,7 @@ class Settings:
     max_frame_bytes: int = 1 << 20
     """Largest websocket message a client may send (header and payload)."""
     max_participants: int = 500
-    """Most participants connected to one meeting at once."""
+    """Most participants in one meeting at once: admitted, reconnecting or in the lobby."""
     max_connections: int = 10_000
     """Most websocket connections this process holds; more get HTTP 503 at the upgrade."""
     join_timeout: float = 10.0
@@ -107,7 +107,7 @@ class Settings:
     """Chat frames per second per participant (bursts of twice that are allowed)."""
     rate_poll: float = 20.0
     """Poll frames per second per participant."""
-    rate_document: float = 400.0
+    rate_document: float = 1000.0
     """Document frames (chunks, page turns, annotations) per second per participant."""
     rate_media: float = 400.0
     """Media frames per second per participant, all tracks together."""
@@ -225,6 +225,9 @@ class Settings:
             raise ConfigError("max_frame_bytes must be at least 1024")
         if self.write_buffer_limit < self.max_frame_bytes:
             raise ConfigError("write_buffer_limit must be at least max_frame_bytes")
+        for name in ("max_chat_bytes", "max_poll_bytes", "max_media_bytes"):
+            if getattr(self, name) > self.max_frame_bytes:
+                raise ConfigError(f"{name} must not exceed max_frame_bytes")
         if self.socket_send_buffer < 0:
             raise ConfigError("socket_send_buffer must not be negative")
         if self.reconnect_grace < 0:

@@ -140,6 +140,7 @@ class Node:
             join_timeout=s.join_timeout,
             write_limit=s.write_buffer_limit,
             send_buffer=s.socket_send_buffer,
+            bulk_limit=s.max_document_bytes + s.write_buffer_limit,
         )
         services = Services(
             settings=s,

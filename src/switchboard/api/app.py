@@ -379,7 +379,7 @@ def create_app(services: Services) -> FastAPI:
         The same operations as a host's control frames, with the same effects;
         answers with the participants afterwards.
         """
-        header = body.model_dump(exclude_none=True)
+        header = body.model_dump(mode="json", exclude_none=True)
         op, args = wire.parse_control({**header, "op": body.op.value})
         return [ParticipantOut(**p) for p in hub.moderate(meeting.meeting_id, op, args)]
 

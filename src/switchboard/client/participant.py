@@ -56,7 +56,7 @@ __all__ = [
     "SyncRequested",
 ]
 
-DOCUMENT_CHUNK_BYTES = 256 * 1024
+DOCUMENT_CHUNK_BYTES = 64 * 1024
 """Bytes per document chunk the SDK sends."""
 
 _QUEUE_EVENTS = 1024
@@ -516,7 +516,7 @@ class Participant:
         await self.control("role", pid=pid, role=role)
 
     async def webinar(self, on: bool = True) -> None:
-        """Host: attendees receive only (no media, no documents) while on."""
+        """Host: attendees may not publish media or documents while on (chat and polls stay)."""
         await self.control("webinar", on=on)
 
     async def end(self) -> None:
@@ -597,7 +597,11 @@ class Participant:
         if not header.get("fin"):
             return None
         del self._chunks[key]
-        return DocumentReceived(sender, doc, b"".join(parts), private)
+        data = b"".join(parts)
+        size = header.get("size")
+        if size is not None and size != len(data):
+            return None  # incomplete (a chunk was refused): the sender must share again
+        return DocumentReceived(sender, doc, data, private)
 
     def _control_event(self, header: dict[str, Any]) -> Event | None:
         op = header.get("op")

@@ -35,7 +35,7 @@ class CloseCode(enum.IntEnum):
     """The relay hit a bug; the meeting may continue for others."""
 
     BAD_REQUEST = 4400
-    """The join message was malformed, or a protocol rule was broken repeatedly."""
+    """The join message was malformed."""
     INVITATION_INVALID = 4401
     """The invitation is unknown, expired, revoked or used up."""
     FORBIDDEN = 4403
@@ -57,6 +57,14 @@ class CloseCode(enum.IntEnum):
     """The client did not read fast enough and its buffer overflowed; reconnect."""
 
 
+_ABNORMAL_CLOSURE = 1006
+"""Never sent in a close frame: what a client sees when the connection just dropped."""
+
+
 def is_transient(code: int) -> bool:
     """Tell a client whether it may reconnect after a close with ``code``."""
-    return 4500 <= code <= 4999 or code in (CloseCode.GOING_AWAY, CloseCode.INTERNAL_ERROR)
+    return 4500 <= code <= 4999 or code in (
+        CloseCode.GOING_AWAY,
+        _ABNORMAL_CLOSURE,
+        CloseCode.INTERNAL_ERROR,
+    )

@@ -31,7 +31,7 @@ class Limits:
 
     chat: KindLimit = KindLimit(rate=10, burst=20, max_bytes=16 * 1024)
     poll: KindLimit = KindLimit(rate=20, burst=40, max_bytes=64 * 1024)
-    document: KindLimit = KindLimit(rate=400, burst=800, max_bytes=1 << 20)
+    document: KindLimit = KindLimit(rate=1000, burst=2000, max_bytes=1 << 20)
     media: KindLimit = KindLimit(rate=400, burst=800, max_bytes=256 * 1024)
     control: KindLimit = KindLimit(rate=20, burst=40, max_bytes=0)
     max_document_bytes: int = 64 << 20

@@ -196,6 +196,7 @@ class Meeting:
         self.documents: set[tuple[int, int]] = set()
         """Documents being shared to everyone: (owner pid, doc id)."""
         self._doc_bytes: dict[tuple[int, int, int | None], int] = {}
+        self._doc_next: dict[tuple[int, int, int | None], int] = {}
         self._keyframe_asked: dict[tuple[int, int], float] = {}
         self._next_pid = 1
 
@@ -248,6 +249,7 @@ class Meeting:
         self.polls = {poll: owner for poll, owner in self.polls.items() if owner != pid}
         self.documents = {d for d in self.documents if d[0] != pid}
         self._doc_bytes = {k: v for k, v in self._doc_bytes.items() if k[0] != pid}
+        self._doc_next = {k: v for k, v in self._doc_next.items() if k[0] != pid}
         self.muted = {m for m in self.muted if m[0] != pid}
         self._keyframe_asked = {k: v for k, v in self._keyframe_asked.items() if k[0] != pid}
         return participant
@@ -372,14 +374,29 @@ class Meeting:
             self.documents.add((sender.pid, doc))
         if op != "chunk":
             return
+        # Chunks of one share (sender, document, recipient) come in order from
+        # seq 0; a share that broke a rule stays refused until it starts over,
+        # so no receiver assembles a document with a hole in it.
         key = (sender.pid, doc, frame.to)
-        total = nbytes if frame.fields["seq"] == 0 else self._doc_bytes.get(key, 0) + nbytes
+        seq = frame.fields["seq"]
+        if seq == 0:
+            total = nbytes
+        elif key not in self._doc_bytes or self._doc_next.get(key) != seq:
+            self._doc_bytes.pop(key, None)
+            raise FrameError(
+                f"chunk {seq} of document {doc} is out of order; start the share again at 0",
+                code="chunk_out_of_order",
+            )
+        else:
+            total = self._doc_bytes[key] + nbytes
         if total > self.limits.max_document_bytes:
+            self._doc_bytes.pop(key, None)
             raise FrameError(
                 f"documents are limited to {self.limits.max_document_bytes} bytes",
                 code="document_too_large",
             )
         self._doc_bytes[key] = total
+        self._doc_next[key] = seq + 1
 
     def switched(
         self, kind: Kind, media: int | None, nbytes: int, deliveries: int, dropped: int, now: float
@@ -482,7 +499,15 @@ class Meeting:
 
     def _op_role(self, actor: Participant | None, args: dict[str, Any], now: float) -> list[Event]:
         participant = self._target(args)
-        participant.role = Role(args["role"])
+        role = Role(args["role"])
+        if participant.role is Role.HOST and role is not Role.HOST:
+            hosts = [p for p in self.participants.values() if p.role is Role.HOST]
+            if len(hosts) == 1:
+                raise Forbidden(
+                    "the meeting's last host keeps its role; make someone else host first",
+                    code="last_host",
+                )
+        participant.role = role
         return [Announce("role", {"pid": participant.pid, "role": participant.role.value})]
 
     def _op_end(self, actor: Participant | None, args: dict[str, Any], now: float) -> list[Event]:

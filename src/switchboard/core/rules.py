@@ -178,7 +178,7 @@ def check(role: Role, action: Action, audience: Audience, *, webinar: bool = Fal
         raise Forbidden(reason, code="not_allowed")
     if webinar and not rule.in_webinar:
         raise Forbidden(
-            f"in webinar mode attendees only receive (they may not {_PHRASES[action]})",
+            f"in webinar mode attendees may not {_PHRASES[action]}",
             code="webinar",
         )
 

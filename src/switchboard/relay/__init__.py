@@ -26,6 +26,7 @@ async def start_relay(
     join_timeout: float,
     write_limit: int,
     send_buffer: int = 0,
+    bulk_limit: int = 128 << 20,
 ) -> asyncio.Server:
     """Serve meeting clients on ``sock`` over TLS; every connection goes to ``hub``."""
     loop = asyncio.get_running_loop()
@@ -37,6 +38,7 @@ async def start_relay(
             join_timeout=join_timeout,
             write_limit=write_limit,
             send_buffer=send_buffer,
+            bulk_limit=bulk_limit,
         )
 
     return await loop.create_server(

@@ -25,6 +25,7 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
@@ -33,7 +34,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..core import wire
-from ..core.codes import CloseCode
+from ..core.codes import CloseCode, is_transient
 from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ log = logging.getLogger("switchboard.relay")
 
 _CLOSE_TIMEOUT = 5.0
 _SLOW_CLOSE_TIMEOUT = 1.0
+_BULK_HIGH = 128 * 1024
+"""Document frames wait in the bulk queue while more than this is buffered for the socket."""
+_BULK_PUMP_DELAY = 0.02
 
 
 class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -89,10 +93,14 @@ class RelayConnection(asyncio.Protocol):
     """A participant connection from TLS accept to close."""
 
     __slots__ = (
+        "_bulk",
+        "_bulk_bytes",
         "_close_timer",
         "_fragments",
         "_join_task",
         "_join_timer",
+        "_pump_timer",
+        "bulk_limit",
         "hub",
         "last_rx",
         "participant",
@@ -111,11 +119,16 @@ class RelayConnection(asyncio.Protocol):
         join_timeout: float,
         write_limit: int,
         send_buffer: int = 0,
+        bulk_limit: int = 128 << 20,
     ) -> None:
         self.hub = hub
         self.proto = ServerProtocol(max_size=max_size, logger=_WS_LOGGER)
         self.write_limit = write_limit
         self.send_buffer = send_buffer
+        self.bulk_limit = bulk_limit
+        self._bulk: deque[bytes] = deque()
+        self._bulk_bytes = 0
+        self._pump_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
@@ -132,6 +145,8 @@ class RelayConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        # Flow control for the bulk queue: resume_writing() pumps it.
+        self.transport.set_write_buffer_limits(high=_BULK_HIGH, low=_BULK_HIGH // 2)
         if self.send_buffer:
             # A small kernel send buffer keeps the backlog in our buffer, where
             # the drop policy sees it, instead of megabytes of autotuned kernel
@@ -159,11 +174,17 @@ class RelayConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._join_timer, self._close_timer):
+        for timer in (self._join_timer, self._close_timer, self._pump_timer):
             if timer is not None:
                 timer.cancel()
-        self._join_timer = self._close_timer = None
-        if self._join_task is not None and not self._join_task.done():
+        self._join_timer = self._close_timer = self._pump_timer = None
+        self._bulk.clear()
+        self._bulk_bytes = 0
+        if (
+            self._join_task is not None
+            and not self._join_task.done()
+            and self.participant is None  # once seated, the join has nothing left to undo
+        ):
             self._join_task.cancel()
         self.hub.disconnected(self)
         self.transport = None
@@ -266,21 +287,31 @@ class RelayConnection(asyncio.Protocol):
         return self.transport is not None and self.proto.state is State.OPEN
 
     @property
-    def left_on_purpose(self) -> bool:
-        """The client closed with a normal close frame (it left; it did not drop)."""
+    def ends_seat(self) -> bool:
+        """The connection ended in a way that gives up the seat (no reconnect grace).
+
+        Either the client left (a normal close frame) or the relay closed it
+        with a terminal code (abuse, protocol violation, message too big).
+        """
         received = self.proto.close_rcvd
-        return received is not None and received.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        if received is not None and received.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+            return True
+        sent = self.proto.close_sent
+        return sent is not None and not is_transient(sent.code)
 
     def buffered(self) -> int:
         """Bytes written to this connection and not yet sent."""
         transport = self.transport
         return transport.get_write_buffer_size() if transport is not None else 0
 
-    def write_frame(self, message: bytes) -> None:
-        """Queue one pre-framed message (:func:`binary_message`); never blocks."""
+    def write_frame(self, message: bytes) -> bool:
+        """Queue one pre-framed message (:func:`binary_message`); never blocks.
+
+        Returns whether it was written (not if the connection is closing).
+        """
         transport = self.transport
         if transport is None or self.proto.state is not State.OPEN:
-            return
+            return False
         transport.write(message)
         if transport.get_write_buffer_size() > self.write_limit:
             # The close frame queues behind the backlog; a receiver that does not
@@ -288,6 +319,57 @@ class RelayConnection(asyncio.Protocol):
             self.close(
                 CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
             )
+        return True
+
+    def write_bulk(self, message: bytes) -> bool:
+        """Queue a document frame: reliable, in order, and paced by the socket.
+
+        Documents are large and must arrive whole, but must not crowd out media
+        and chat or trip the slow-receiver cut-off while a healthy receiver is
+        still reading. They wait in a per-connection queue and go to the socket
+        only while less than 128 KiB is buffered for it. The queued objects are
+        the same bytes every recipient got (encode once), so a broadcast costs
+        one copy of the document, however many receivers queue it. A receiver
+        whose queue passes ``bulk_limit`` is closed as too slow.
+        """
+        transport = self.transport
+        if transport is None or self.proto.state is not State.OPEN:
+            return False
+        if not self._bulk and transport.get_write_buffer_size() < _BULK_HIGH:
+            return self.write_frame(message)
+        self._bulk.append(message)
+        self._bulk_bytes += len(message)
+        if self._bulk_bytes > self.bulk_limit:
+            self._bulk.clear()
+            self._bulk_bytes = 0
+            self.close(
+                CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
+            )
+        elif self._pump_timer is None:
+            # resume_writing() normally pumps; this covers a buffer that sits
+            # between the water marks and so never triggers it.
+            self._pump_timer = asyncio.get_running_loop().call_later(_BULK_PUMP_DELAY, self._pump)
+        return True
+
+    def pause_writing(self) -> None:
+        """The socket buffer is over its high-water mark; the bulk queue waits."""
+
+    def resume_writing(self) -> None:
+        """The socket buffer drained below its low-water mark: feed the bulk queue."""
+        self._pump()
+
+    def _pump(self) -> None:
+        self._pump_timer = None
+        transport = self.transport
+        if transport is None or self.proto.state is not State.OPEN:
+            return
+        bulk = self._bulk
+        while bulk and transport.get_write_buffer_size() < _BULK_HIGH:
+            message = bulk.popleft()
+            self._bulk_bytes -= len(message)
+            transport.write(message)
+        if bulk and self._pump_timer is None:
+            self._pump_timer = asyncio.get_running_loop().call_later(_BULK_PUMP_DELAY, self._pump)
 
     def send_control(self, op: str, **fields: Any) -> None:
         """Send one control frame to this participant only."""

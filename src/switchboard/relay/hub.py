@@ -77,7 +77,15 @@ class DropPolicy:
 class Room:
     """A meeting live on this node: its connections, lobby, reconnect timers, resume tokens."""
 
-    __slots__ = ("away_timers", "conns", "done", "lobby_conns", "meeting", "resume")
+    __slots__ = (
+        "away_timers",
+        "conns",
+        "done",
+        "lobby_conns",
+        "meeting",
+        "pending_sync",
+        "resume",
+    )
 
     def __init__(self, meeting: Meeting) -> None:
         self.meeting = meeting
@@ -87,6 +95,8 @@ class Room:
         self.away_timers: dict[int, asyncio.TimerHandle] = {}
         self.resume: dict[int, bytes] = {}
         """pid -> digest of its current resume token."""
+        self.pending_sync: dict[int, set[int]] = {}
+        """owner pid -> newcomers that joined while the owner was reconnecting."""
         self.done: asyncio.Future[StoredRecord] | None = None
 
     def announce(self, op: str, **fields: Any) -> None:
@@ -254,7 +264,9 @@ class Hub:
         else:
             self._welcome(room, participant, conn)
         if created:
-            await self.store.meeting_started(mid, room.meeting.started_at)
+            # Not awaited here: the participant is seated, and nothing about the
+            # seat may depend on (or be undone by) this bookkeeping write.
+            self._spawn(self.store.meeting_started(mid, room.meeting.started_at))
         return True
 
     def _welcome(
@@ -281,6 +293,7 @@ class Hub:
             "lobby": meeting.lobby_on,
             "locked": meeting.locked,
             "webinar": meeting.webinar,
+            "muted": [[pid, track] for pid, track in sorted(meeting.muted)],
         }
         if participant.role is Role.HOST:
             welcome["waiting"] = [p.public() for p in meeting.lobby.values()]
@@ -292,6 +305,11 @@ class Hub:
             owner_conn = room.conns.get(owner)
             if owner_conn is not None:
                 owner_conn.send_control("sync", pid=participant.pid)
+            else:  # the owner is reconnecting: ask it when it is back
+                room.pending_sync.setdefault(owner, set()).add(participant.pid)
+        for newcomer in sorted(room.pending_sync.pop(participant.pid, ())):
+            if newcomer in room.conns:
+                conn.send_control("sync", pid=newcomer)
         log.info(
             "participant joined meeting=%s pid=%d role=%s",
             meeting.meeting_id,
@@ -348,7 +366,7 @@ class Hub:
         del room.conns[pid]
         if meeting.state is not MeetingState.LIVE:
             return
-        if conn.left_on_purpose or self.reconnect_grace <= 0:
+        if conn.ends_seat or self.reconnect_grace <= 0:
             self._leave(room, pid)
             return
         meeting.away(pid)
@@ -402,12 +420,14 @@ class Hub:
                 raise FrameError(
                     f"participant {route.target} is reconnecting; try again", code="recipient_away"
                 )
-            target.write_frame(
-                binary_message(
-                    wire.pack_data_header(kind, sender.pid, route.target, frame.fields), payload
-                )
+            message = binary_message(
+                wire.pack_data_header(kind, sender.pid, route.target, frame.fields), payload
             )
-            meeting.switched(kind, None, nbytes, 1, 0, now)
+            if kind is Kind.DOCUMENT:
+                written = target.write_bulk(message)
+            else:
+                written = target.write_frame(message)
+            meeting.switched(kind, None, nbytes, int(written), 0, now)
             return
         message = binary_message(
             wire.pack_data_header(kind, sender.pid, None, frame.fields), payload
@@ -415,10 +435,14 @@ class Hub:
         me = sender.pid
         if kind is not Kind.MEDIA:
             deliveries = 0
-            for pid, other in room.conns.items():
-                if pid != me:
-                    other.write_frame(message)
-                    deliveries += 1
+            if kind is Kind.DOCUMENT:
+                for pid, other in room.conns.items():
+                    if pid != me and other.write_bulk(message):
+                        deliveries += 1
+            else:
+                for pid, other in room.conns.items():
+                    if pid != me and other.write_frame(message):
+                        deliveries += 1
             meeting.switched(kind, None, nbytes, deliveries, 0, now)
             return
         self._fan_out_media(room, conn, sender, frame.fields, message, nbytes, now)
@@ -457,8 +481,8 @@ class Hub:
                     waiting.add(stream)
                     ask_keyframe = True
                 continue
-            other.write_frame(message)
-            deliveries += 1
+            if other.write_frame(message):
+                deliveries += 1
         room.meeting.switched(Kind.MEDIA, media, nbytes, deliveries, dropped, now)
         if ask_keyframe and room.meeting.keyframe_due(me, track, now):
             conn.send_control("keyframe", track=track)
@@ -469,6 +493,12 @@ class Hub:
         for event in events:
             if isinstance(event, Announce):
                 room.announce(event.op, **event.fields)
+                if event.op == "role" and event.fields.get("role") == Role.HOST.value:
+                    # A new host learns who waits in the lobby.
+                    new_host = room.conns.get(event.fields["pid"])
+                    if new_host is not None:
+                        for waiting in room.meeting.lobby.values():
+                            new_host.send_control("waiting", p=waiting.public())
             elif isinstance(event, Admitted):
                 conn = room.lobby_conns.pop(event.participant.pid, None)
                 if conn is not None:
