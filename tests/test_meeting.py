@@ -1667,6 +1667,10 @@ def test_to_dict_shape() -> None:
         },
         "end_reason": "host_ended",
         "schema_version": records.SCHEMA_VERSION,
+        "nodes": [],
+        "participant_seconds": 0.0,
+        "prev_hash": "",
+        "signature": "",
     }
 
 
@@ -1767,7 +1771,7 @@ def test_columns_cover_every_feature_and_hold_no_content_fields() -> None:
     assert FEATURES == ("chat", "poll", "document", "audio", "video", "screen")
     assert "media" not in FEATURES
     assert "control" not in FEATURES
-    assert len(COLUMNS) == 11 + 4 * len(FEATURES)
+    assert len(COLUMNS) == 15 + 4 * len(FEATURES)
     forbidden = ("name", "email", "payload", "content", "text", "message", "address", "ip")
     for column in COLUMNS:
         for word in forbidden:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from switchboard.core import tokens
-from switchboard.core.records import COLUMNS, FEATURES, CallRecord, FeatureUsage
+from switchboard.core.records import COLUMNS, FEATURES, GENESIS_HASH, CallRecord, FeatureUsage
 from switchboard.core.rules import Role
 from switchboard.core.tokens import TokenKind
 from switchboard.errors import (
@@ -678,7 +678,7 @@ async def test_unknown_api_key(store: Store) -> None:
 async def test_finish_meeting_writes_the_record_and_ends_the_meeting(store: Store) -> None:
     meeting = await make_meeting(store)
     await store.meeting_started(meeting.meeting_id, NOW + 10)
-    record = make_record(meeting)
+    record = dataclasses.replace(make_record(meeting), prev_hash=GENESIS_HASH)
     stored = await store.finish_meeting(record)
     assert isinstance(stored, StoredRecord)
     assert stored.seq > 0
@@ -725,7 +725,8 @@ async def test_finish_meeting_concurrently_writes_one_record(
 async def test_finish_meeting_without_features(store: Store) -> None:
     meeting = await make_meeting(store)
     record = make_record(meeting, features={})
-    assert (await store.finish_meeting(record)).record == record
+    stored = await store.finish_meeting(record)
+    assert stored.record == dataclasses.replace(record, prev_hash=GENESIS_HASH)
 
 
 async def test_get_record_unknown(store: Store) -> None:
@@ -819,7 +820,8 @@ async def test_sqlite_connection_is_synchronous_full(backend: str, store: Store)
 async def test_cdr_columns_are_on_the_allow_list(store_url: str, store: Store) -> None:
     columns = table_columns(store_url, "cdrs")
     assert columns, "no cdrs table"
-    allowed = set(COLUMNS) | {"seq", "usage"}
+    # chain_hash: the hash the next record links to (derived from the record itself).
+    allowed = set(COLUMNS) | {"seq", "usage", "chain_hash"}
     assert set(columns) <= allowed, set(columns) - allowed
 
 
@@ -847,7 +849,17 @@ async def test_only_metadata_tables_exist(backend: str, store_url: str, store: S
     finally:
         conn.close()
     # A new table is a design change: review it for content before adding it here.
-    assert tables == {"hosts", "sessions", "meetings", "invitations", "api_keys", "cdrs"}
+    # open_records holds checkpoints (records, no content); webhook_deliveries, delivery state.
+    assert tables == {
+        "hosts",
+        "sessions",
+        "meetings",
+        "invitations",
+        "api_keys",
+        "cdrs",
+        "open_records",
+        "webhook_deliveries",
+    }
 
 
 def test_store_interface_has_no_content_method() -> None:

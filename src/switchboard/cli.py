@@ -30,7 +30,7 @@ from . import __version__
 from .clock import Clock
 from .config import Settings
 from .core import tokens
-from .core.records import COLUMNS
+from .core.records import COLUMNS, iso_utc
 from .errors import ConfigError, SwitchboardError
 from .passwords import MIN_PASSWORD_CHARS, Passwords
 from .store import Store, open_store
@@ -39,7 +39,7 @@ __all__ = ["main", "run_async"]
 
 log = logging.getLogger("switchboard")
 
-SCOPES = ("cdr:read",)
+SCOPES = ("cdr:read", "meetings:write")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 
 
@@ -184,11 +184,23 @@ async def _host_add(settings: Settings, email: str, password: str) -> int:
     return await _with_store(settings, run)
 
 
-async def _apikey_create(settings: Settings, scopes: list[str], label: str) -> int:
+async def _apikey_create(
+    settings: Settings, scopes: list[str], label: str, host_email: str | None
+) -> int:
+    if "meetings:write" in scopes and not host_email:
+        raise ConfigError("a meetings:write key acts for one host: give --host EMAIL")
     token, digest = tokens.mint(tokens.TokenKind.API_KEY)
 
     async def run(store: Store) -> int:
-        key = await store.create_api_key(digest, frozenset(scopes), label, Clock().wall())
+        host_id = None
+        if host_email:
+            host = await store.host_by_email(host_email)
+            if host is None:
+                raise ConfigError(f"no host with email {host_email!r}")
+            host_id = host.host_id
+        key = await store.create_api_key(
+            digest, frozenset(scopes), label, Clock().wall(), host_id=host_id
+        )
         print(token)
         print(
             f"API key {key.key_id} ({' '.join(sorted(key.scopes))}) created;"
@@ -198,6 +210,81 @@ async def _apikey_create(settings: Settings, scopes: list[str], label: str) -> i
         return 0
 
     return await _with_store(settings, run)
+
+
+async def _apikey_list(settings: Settings, out: TextIO) -> int:
+    async def run(store: Store) -> int:
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(("key_id", "scopes", "host_id", "label", "created", "last_used", "state"))
+        for key in await store.list_api_keys():
+            writer.writerow(
+                (
+                    key.key_id,
+                    ",".join(sorted(key.scopes)),
+                    key.host_id or "-",
+                    key.label or "-",
+                    iso_utc(key.created_at),
+                    iso_utc(key.last_used_at) if key.last_used_at else "never",
+                    "revoked" if key.revoked else "active",
+                )
+            )
+        return 0
+
+    return await _with_store(settings, run)
+
+
+async def _apikey_revoke(settings: Settings, key_id: str) -> int:
+    async def run(store: Store) -> int:
+        if not await store.revoke_api_key(key_id):
+            print(f"switchboard: no API key {key_id}", file=sys.stderr)
+            return 1
+        print(f"API key {key_id} revoked", file=sys.stderr)
+        return 0
+
+    return await _with_store(settings, run)
+
+
+def _cdr_verify(settings: Settings, path: Path, public_key: Path | None) -> int:
+    from .signing import RecordSigner, load_public_key, verify_records
+
+    if public_key is not None:
+        pem = public_key.read_bytes()
+    else:
+        key_file = settings.data_dir / "cdr-signing-key.pem"
+        if not key_file.exists():
+            raise ConfigError(
+                f"no signing key in {settings.data_dir}:"
+                " give --public-key (from GET /v1/cdrs/public-key)"
+            )
+        pem = RecordSigner.load_or_create(key_file).public_pem().encode()
+    try:
+        key = load_public_key(pem)
+    except ValueError as exc:
+        raise ConfigError(f"{public_key}: {exc}") from None
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"{path}:{number}: not a JSON record", file=sys.stderr)
+            return 1
+    verdict = verify_records(records, key)
+    if not verdict.ok:
+        assert verdict.bad_index is not None
+        print(
+            f"BAD record {verdict.bad_record_id} (record {verdict.bad_index + 1} of the file):"
+            f" {verdict.reason}"
+        )
+        return 1
+    note = " (the chain continues records before this file)" if verdict.starts_after_genesis else ""
+    print(f"OK {verdict.checked} records: signatures and chain verified{note}")
+    return 0
 
 
 async def _cdr_export(settings: Settings, fmt: str, after: int, out: TextIO) -> int:
@@ -257,12 +344,23 @@ def _parser() -> argparse.ArgumentParser:
     create = apikey_commands.add_parser("create", parents=[common], help="create an API key")
     create.add_argument("--scope", action="append", choices=SCOPES, required=True)
     create.add_argument("--label", default="", help="a note saying who holds the key")
+    create.add_argument("--host", help="the host a key acts for (needed for meetings:write)")
+    apikey_commands.add_parser("list", parents=[common], help="list API keys (never the keys)")
+    revoke = apikey_commands.add_parser("revoke", parents=[common], help="revoke an API key")
+    revoke.add_argument("key_id")
 
     cdr = commands.add_parser("cdr", help="call-detail records")
     cdr_commands = cdr.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = cdr_commands.add_parser("export", parents=[common], help="write records to stdout")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--after", type=int, default=0, help="cursor: records after this one")
+    verify = cdr_commands.add_parser(
+        "verify", parents=[common], help="check the signatures and chain of an exported file"
+    )
+    verify.add_argument("file", type=Path, help="a JSON-lines export (cdr export --format jsonl)")
+    verify.add_argument(
+        "--public-key", type=Path, help="PEM public key (default: this data dir's signing key)"
+    )
 
     commands.add_parser("demo", parents=[common], help="run a whole meeting on a throwaway relay")
     return parser
@@ -279,8 +377,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "host":
             return run_async(_host_add(settings, args.email, _read_password(args)))
         if args.command == "apikey":
-            return run_async(_apikey_create(settings, args.scope, args.label))
+            if args.action == "list":
+                return run_async(_apikey_list(settings, sys.stdout))
+            if args.action == "revoke":
+                return run_async(_apikey_revoke(settings, args.key_id))
+            return run_async(_apikey_create(settings, args.scope, args.label, args.host))
         if args.command == "cdr":
+            if args.action == "verify":
+                return _cdr_verify(settings, args.file, args.public_key)
             return run_async(_cdr_export(settings, args.format, args.after, sys.stdout))
         if args.command == "demo":
             from .demo import run_demo

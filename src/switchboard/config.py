@@ -113,6 +113,24 @@ class Settings:
     """Media frames per second per participant, all tracks together."""
     rate_control: float = 20.0
     """Control requests per second per participant."""
+    node_id: str = ""
+    """This relay node's name in records; empty means one made up and kept in
+    ``<data_dir>/node-id``. It must stay the same across restarts: a node closes
+    the meetings *it* left open when it crashed."""
+    checkpoint_interval: float = 30.0
+    """Seconds between checkpoints of each live meeting's record (what a crash can lose)."""
+    meeting_idle_timeout: float = 4 * 3600.0
+    """Seconds without a join or a switched frame after which a meeting ends (idle_timeout)."""
+    webhook_url: str = ""
+    """Billing webhook (https only): each final record is POSTed there, signed; empty: off."""
+    webhook_secret: str = ""
+    """Shared secret of the webhook's HMAC-SHA256 signature. Never printed."""
+    webhook_ca_file: Path | None = None
+    """CA bundle that signs the webhook receiver's certificate (default: the system's)."""
+    webhook_retry_base: float = 1.0
+    """First retry delay of a failed delivery; it doubles per attempt."""
+    webhook_retry_max: float = 300.0
+    """Longest delay between delivery attempts."""
     password_hash_concurrency: int = 2
     """Argon2 hashes computed at once, so a burst of sign-ins cannot starve switching."""
     log_level: str = "info"
@@ -137,6 +155,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name.endswith("_url") and isinstance(value, str):
                 value = mask_url(value)
+            elif f.name.endswith("_secret") and value:
+                value = "***"
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -228,6 +248,18 @@ class Settings:
         for name in ("max_chat_bytes", "max_poll_bytes", "max_media_bytes"):
             if getattr(self, name) > self.max_frame_bytes:
                 raise ConfigError(f"{name} must not exceed max_frame_bytes")
+        for name in ("checkpoint_interval", "meeting_idle_timeout", "webhook_retry_base"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.webhook_retry_max < self.webhook_retry_base:
+            raise ConfigError("webhook_retry_max must be at least webhook_retry_base")
+        if self.webhook_url:
+            if not self.webhook_url.startswith("https://"):
+                raise ConfigError("webhook_url must be an https:// URL (TLS on every link)")
+            if len(self.webhook_secret) < 16:
+                raise ConfigError("webhook_secret must have at least 16 characters")
+        if self.webhook_ca_file is not None and not self.webhook_ca_file.is_file():
+            raise ConfigError(f"webhook_ca_file: no such file {self.webhook_ca_file}")
         if self.socket_send_buffer < 0:
             raise ConfigError("socket_send_buffer must not be negative")
         if self.reconnect_grace < 0:

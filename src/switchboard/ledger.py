@@ -99,17 +99,13 @@ class Ledger:
         try:
             await self.store.save_checkpoint(record)
         except StoreError as exc:
-            log.warning(
-                "checkpoint not stored meeting=%s error=%s", record.meeting_id, exc.code
-            )
+            log.warning("checkpoint not stored meeting=%s error=%s", record.meeting_id, exc.code)
 
     async def commit(self, record: CallRecord, now: float) -> StoredRecord | None:
         """Commit a final record durably; ``None`` if it went to the spool instead."""
         sign = self.signer.sign if self.signer is not None else None
         try:
-            return await self.store.finish_meeting(
-                record, sign=sign, deliver=self.deliver, now=now
-            )
+            return await self.store.finish_meeting(record, sign=sign, deliver=self.deliver, now=now)
         except StoreError as exc:
             if self.spool is None:
                 raise

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -27,11 +29,14 @@ from .api import Services, create_app
 from .clock import Clock
 from .config import Settings
 from .errors import ConfigError
+from .ledger import Ledger, RecordSpool
 from .passwords import Passwords
 from .relay import WS_PATH, Hub, start_relay
 from .relay.hub import DropPolicy
 from .relay.tls import CertPaths, ServerTLS, ensure_local_ca
+from .signing import RecordSigner
 from .store import Store, open_store
+from .webhook import WebhookSender
 
 __all__ = ["Node"]
 
@@ -46,6 +51,21 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _node_id(path: Path) -> str:
+    """This node's stable name: made once, kept in the data directory."""
+    if path.exists():
+        return path.read_text().strip()
+    node_id = "n_" + secrets.token_hex(6)
+    path.write_text(node_id + "\n")
+    return node_id
+
+
+def _client_context(ca_file: Path | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -72,6 +92,8 @@ class Node:
         self._api_task: asyncio.Task[None] | None = None
         self.relay_port = 0
         self.api_port = 0
+        self.node_id = ""
+        self._webhook: WebhookSender | None = None
 
     @property
     def store(self) -> Store:
@@ -121,6 +143,31 @@ class Node:
         self.api_port = api_sock.getsockname()[1]
 
         self._store = await open_store(s.effective_database_url)
+        self.node_id = s.node_id or await asyncio.to_thread(_node_id, s.data_dir / "node-id")
+        self.signer = await asyncio.to_thread(
+            RecordSigner.load_or_create, s.data_dir / "cdr-signing-key.pem"
+        )
+        self.ledger = Ledger(
+            self._store,
+            node_id=self.node_id,
+            signer=self.signer,
+            spool=RecordSpool(s.data_dir / "spool"),
+            deliver=bool(s.webhook_url),
+        )
+        # Records first: what a previous run left behind is settled before anyone joins.
+        await self.ledger.replay(self.clock.wall())
+        await self.ledger.recover(self.clock.wall())
+        if s.webhook_url:
+            self._webhook = WebhookSender(
+                self._store,
+                url=s.webhook_url,
+                secret=s.webhook_secret,
+                clock=self.clock,
+                context=_client_context(s.webhook_ca_file),
+                retry_base=s.webhook_retry_base,
+                retry_max=s.webhook_retry_max,
+            )
+            self._webhook.start()
         self._hub = Hub(
             self._store,
             clock=self.clock,
@@ -130,6 +177,10 @@ class Node:
             reconnect_grace=s.reconnect_grace,
             limits=s.limits(),
             drop=DropPolicy(s.drop_video_bytes, s.drop_screen_bytes, s.drop_audio_bytes),
+            ledger=self.ledger,
+            checkpoint_interval=s.checkpoint_interval,
+            idle_timeout=s.meeting_idle_timeout,
+            on_commit=self._webhook.notify if self._webhook is not None else None,
         )
         self._hub.start()
         self._relay = await start_relay(
@@ -149,6 +200,7 @@ class Node:
             passwords=Passwords(concurrency=s.password_hash_concurrency),
             clock=self.clock,
             join_url=self.relay_url,
+            public_key_pem=self.signer.public_pem(),
         )
         tls_context = self.tls.context
         config = uvicorn.Config(
@@ -196,6 +248,11 @@ class Node:
                 conn.close(1001, "relay stopped")
                 if conn.transport is not None:
                     conn.transport.abort()
+        if self._webhook is not None:
+            with contextlib.suppress(Exception):
+                await self._webhook.deliver_due()  # the shutdown records, if the receiver is up
+            await self._webhook.close()
+            self._webhook = None
         if self._api is not None and self._api_task is not None:
             self._api.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

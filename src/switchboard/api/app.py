@@ -14,6 +14,7 @@ records.
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -50,6 +51,7 @@ from .schemas import (
     MeetingOut,
     ModerationRequest,
     ParticipantOut,
+    PublicKeyOut,
     SessionCreate,
     SessionOut,
 )
@@ -60,6 +62,9 @@ MAX_BODY_BYTES = 64 * 1024
 """Largest request body the API reads."""
 
 SCOPE_CDR_READ = "cdr:read"
+SCOPE_MEETINGS_WRITE = "meetings:write"
+SCOPES = (SCOPE_CDR_READ, SCOPE_MEETINGS_WRITE)
+"""What an API key can be allowed: read call records; manage one host's meetings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +78,26 @@ class Services:
     clock: Clock
     join_url: str
     """The wss URL clients present invitations to (``.../v1/ws``)."""
+    public_key_pem: str = ""
+    """The Ed25519 public key that verifies call records."""
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a host (by session) or an API key with scopes."""
+    """Who is calling, and what it may do.
+
+    ``host_id`` is the host whose meetings it may manage: a signed-in host, or an
+    API key with ``meetings:write`` issued for that host. ``records_of`` bounds
+    which records it may read: a host reads its own; a ``cdr:read`` key issued
+    for a host reads that host's; an unbound ``cdr:read`` key (billing) reads
+    every host's (``None``).
+    """
 
     host_id: str | None
     scopes: frozenset[str]
     session_digest: bytes | None = None
+    records_of: str | None = None
+    reads_records: bool = False
 
 
 class _BodyLimit:
@@ -140,7 +156,8 @@ def _iso(value: float | None) -> str | None:
 
 
 def _record_out(stored: StoredRecord) -> CallRecordOut:
-    return CallRecordOut(cursor=stored.seq, **stored.record.to_dict())
+    # seq 0: spooled, not yet in the store's order (no cursor yet).
+    return CallRecordOut(cursor=stored.seq or None, **stored.record.to_dict())
 
 
 def _invitation_out(inv: Invitation) -> dict[str, Any]:
@@ -217,12 +234,19 @@ def create_app(services: Services) -> FastAPI:
             )
             if session is None:
                 raise SessionExpired("the session is unknown or expired; sign in again")
-            return Principal(session.host_id, frozenset(), digest)
+            return Principal(
+                session.host_id, frozenset(), digest, records_of=session.host_id, reads_records=True
+            )
         if kind is tokens.TokenKind.API_KEY:
             key = await store.use_api_key(tokens.digest(token), now)
             if key is None:
                 raise AuthError("unknown or revoked API key")
-            return Principal(None, key.scopes)
+            return Principal(
+                key.host_id if SCOPE_MEETINGS_WRITE in key.scopes else None,
+                key.scopes,
+                records_of=key.host_id,
+                reads_records=SCOPE_CDR_READ in key.scopes,
+            )
         raise AuthError("not a switchboard session token or API key")
 
     async def host(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -401,18 +425,52 @@ def create_app(services: Services) -> FastAPI:
         who: Annotated[Principal, Depends(principal)],
         after: Annotated[int, Query(ge=0, description="cursor: records after this one")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        host_id: Annotated[
+            str | None, Query(max_length=64, description="only this host's records")
+        ] = None,
+        since: Annotated[
+            datetime | None, Query(description="only records that ended at or after this time")
+        ] = None,
+        until: Annotated[
+            datetime | None, Query(description="only records that ended before this time")
+        ] = None,
     ) -> CallRecordPage:
-        """Call-detail records in commit order.
+        """Call-detail records in commit order, signed and chained.
 
-        With an API key that has ``cdr:read``: every host's records. With a host
-        session: that host's records only.
+        Paging by cursor is stable while records are being added: pass
+        ``next_cursor`` as ``after``; no record is skipped or repeated. With an
+        API key that has ``cdr:read``: every host's records (or one host's with
+        ``host_id``). With a host session: that host's records only.
         """
-        if who.host_id is None and SCOPE_CDR_READ not in who.scopes:
+        if not who.reads_records:
             raise Forbidden(f"this API key lacks the {SCOPE_CDR_READ} scope", code="scope_missing")
-        rows = await store.list_records(after=after, limit=limit, host_id=who.host_id)
+        if who.records_of is not None:
+            if host_id not in (None, who.records_of):
+                raise Forbidden("you may read your own records only", code="not_yours")
+            host_id = who.records_of
+        rows = await store.list_records(
+            after=after,
+            limit=limit,
+            host_id=host_id,
+            since=_epoch(since),
+            until=_epoch(until),
+        )
         return CallRecordPage(
             records=[_record_out(r) for r in rows], next_cursor=rows[-1].seq if rows else after
         )
 
+    @app.get("/v1/cdrs/public-key", tags=["records"])
+    async def public_key() -> PublicKeyOut:
+        """The Ed25519 key that verifies every record's signature. Needs no credentials."""
+        return PublicKeyOut(public_key_pem=services.public_key_pem)
+
     app.add_middleware(_BodyLimit)
     return app
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

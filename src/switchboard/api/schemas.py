@@ -26,6 +26,7 @@ __all__ = [
     "ModerationOp",
     "ModerationRequest",
     "ParticipantOut",
+    "PublicKeyOut",
     "SessionCreate",
     "SessionOut",
 ]
@@ -144,7 +145,9 @@ class CallRecordOut(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    cursor: int
+    cursor: int | None = Field(
+        description="position in commit order; null while the record waits in the local spool"
+    )
     record_id: str
     meeting_id: str
     host_id: str
@@ -157,6 +160,17 @@ class CallRecordOut(BaseModel):
     usage: dict[str, dict[str, Any]]
     end_reason: str
     schema_version: int
+    nodes: list[str] = Field(default_factory=list, description="relay nodes that hosted it")
+    participant_seconds: float = Field(description="presence summed over participants")
+    prev_hash: str = Field(description="chain_hash of the record committed before this one")
+    signature: str = Field(description="base64 Ed25519 signature of the canonical record")
+
+
+class PublicKeyOut(BaseModel):
+    """The key that verifies call records (``switchboard cdr verify``)."""
+
+    algorithm: str = "Ed25519"
+    public_key_pem: str
 
 
 class CallRecordPage(BaseModel):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,11 @@ from ..core.meeting import (
     Presence,
     Removed,
 )
-from ..core.records import EndReason
+from ..core.records import CallRecord, EndReason
 from ..core.rules import Audience, Role
 from ..core.wire import Kind, Media
 from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
+from ..ledger import Ledger
 from ..store import Redemption, Store, StoredRecord
 from .connection import RelayConnection, binary_message
 
@@ -84,11 +85,14 @@ class Room:
         "lobby_conns",
         "meeting",
         "pending_sync",
+        "record_id",
         "resume",
     )
 
-    def __init__(self, meeting: Meeting) -> None:
+    def __init__(self, meeting: Meeting, record_id: str = "") -> None:
         self.meeting = meeting
+        self.record_id = record_id or uuid.uuid4().hex
+        """The id of the meeting's record: its checkpoints and its final record share it."""
         self.conns: dict[int, RelayConnection] = {}
         """Connections of admitted participants who are here."""
         self.lobby_conns: dict[int, RelayConnection] = {}
@@ -127,8 +131,17 @@ class Hub:
         reconnect_grace: float = 30.0,
         limits: Limits | None = None,
         drop: DropPolicy | None = None,
+        ledger: Ledger | None = None,
+        checkpoint_interval: float = 30.0,
+        idle_timeout: float = 4 * 3600.0,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.ledger = ledger or Ledger(store, node_id="")
+        self.checkpoint_interval = checkpoint_interval
+        self.idle_timeout = idle_timeout
+        self.on_commit = on_commit
+        """Called after each record is committed (the webhook sender listens)."""
         self.clock = clock or Clock()
         self.max_participants = max_participants
         self.max_connections = max_connections
@@ -141,6 +154,7 @@ class Hub:
         self._resume: dict[bytes, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._closing = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -148,8 +162,37 @@ class Hub:
     # lifecycle of the hub
 
     def start(self) -> None:
-        """Start the keepalive sweep."""
-        self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
+        """Start the keepalive sweep and the record checkpoints."""
+        loop = asyncio.get_running_loop()
+        self._keepalive = loop.create_task(self._keepalive_loop())
+        self._checkpoints = loop.create_task(self._checkpoint_loop())
+
+    def _nodes(self) -> tuple[str, ...]:
+        return (self.ledger.node_id,) if self.ledger.node_id else ()
+
+    def _snapshot(self, room: Room) -> CallRecord:
+        return room.meeting.checkpoint(
+            record_id=room.record_id,
+            at=self.clock.wall(),
+            at_mono=self.clock.mono(),
+            nodes=self._nodes(),
+        )
+
+    async def _checkpoint_loop(self) -> None:
+        """Every interval: store each live meeting's running record, end idle meetings,
+        and retry records waiting in the spool."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            now = self.clock.mono()
+            for mid, room in list(self.rooms.items()):
+                if room.meeting.state is not MeetingState.LIVE:
+                    continue
+                if now - room.meeting.last_activity > self.idle_timeout:
+                    self._spawn(self.end_meeting(mid, EndReason.IDLE_TIMEOUT))
+                    continue
+                await self.ledger.checkpoint(self._snapshot(room))
+            if self.ledger.spool is not None and self.ledger.spool.pending():
+                await self.ledger.replay(self.clock.wall())
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -164,8 +207,9 @@ class Hub:
     async def shutdown(self) -> None:
         """End every live meeting (record committed), then close every connection."""
         self._closing = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        for task in (self._keepalive, self._checkpoints):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(
             *(self.end_meeting(mid, EndReason.RELAY_SHUTDOWN) for mid in list(self.rooms)),
             return_exceptions=True,
@@ -246,6 +290,7 @@ class Hub:
                     started_mono=self.clock.mono(),
                     max_participants=self.max_participants,
                     limits=self.limits,
+                    clock=self.clock.mono,
                 )
             )
             self.rooms[mid] = room
@@ -267,6 +312,8 @@ class Hub:
             # Not awaited here: the participant is seated, and nothing about the
             # seat may depend on (or be undone by) this bookkeeping write.
             self._spawn(self.store.meeting_started(mid, room.meeting.started_at))
+            # The open record: from now on a crash leaves at most one interval unbilled.
+            self._spawn(self.ledger.checkpoint(self._snapshot(room)))
         return True
 
     def _welcome(
@@ -579,11 +626,15 @@ class Hub:
         conns = [*room.conns.values(), *room.lobby_conns.values()]
         try:
             record = meeting.finish(
-                record_id=uuid.uuid4().hex,
+                record_id=room.record_id,
                 ended_at=self.clock.wall(),
                 ended_mono=self.clock.mono(),
+                nodes=self._nodes(),
             )
-            stored = await self.store.finish_meeting(record)
+            committed = await self.ledger.commit(record, self.clock.wall())
+            # Spooled (the store is down): durable on local disk, committed later;
+            # seq 0 says it has no place in the store's order yet.
+            stored = committed if committed is not None else StoredRecord(0, record)
         except BaseException as exc:
             self.rooms.pop(meeting_id, None)
             log.error(
@@ -611,4 +662,6 @@ class Hub:
             conn.write_frame(ended)
             conn.close(code, f"meeting ended: {reason.value}")
         room.done.set_result(stored)
+        if committed is not None and self.on_commit is not None:
+            self.on_commit()
         return stored
