@@ -80,7 +80,7 @@ async def documents(api: ApiClient, meeting_id: str) -> None:
     ada = await join(api, meeting_id, "presenter", "Ada")
     grace = await join(api, meeting_id, "attendee", "Grace")
 
-    pdf = os.urandom(600_000)  # any bytes; the SDK sends them in 256 KiB chunks
+    pdf = os.urandom(600_000)  # any bytes; the SDK sends them in 64 KiB chunks
     await ada.share_document(1, pdf)
     await ada.turn_page(1, 3)
     got = await next_event(grace, DocumentReceived)

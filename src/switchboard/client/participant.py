@@ -267,8 +267,17 @@ class _Owned:
 class Participant:
     """A participant of a meeting. Create with :meth:`join`."""
 
-    def __init__(self, ws: ClientConnection, first: dict[str, Any], *, auto_sync: bool) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        first: dict[str, Any],
+        *,
+        auto_sync: bool,
+        owned: _Owned | None = None,
+        reconnect_with: dict[str, Any] | None = None,
+    ) -> None:
         self._ws = ws
+        self._reconnect_with = reconnect_with or {}
         self.pid: int = first["pid"]
         self.meeting_id: str = first["meeting"]
         self.role: str = first.get("role", "")
@@ -276,7 +285,7 @@ class Participant:
         self.resume_token: str | None = None
         self.waiting = first.get("op") == "lobby_wait"
         self.auto_sync = auto_sync
-        self._owned = _Owned()
+        self._owned = owned if owned is not None else _Owned()
         self._chunks: dict[tuple[int, int, bool], list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[Event | Disconnected] = asyncio.Queue(_QUEUE_EVENTS)
@@ -307,6 +316,7 @@ class Participant:
         wait_in_lobby: bool = True,
         resume: bool = False,
         auto_sync: bool = True,
+        _owned: _Owned | None = None,
     ) -> Participant:
         """Connect to ``url`` (``wss://.../v1/ws``), present ``invitation``, await the welcome.
 
@@ -316,9 +326,10 @@ class Participant:
         token (:attr:`resume_token` of an earlier connection) instead.
         ``timeout`` bounds the connection and the welcome, not the lobby wait.
         """
+        ssl_context = ssl_context or tls_context(ca_file)
         ws = await connect(
             url,
-            ssl=ssl_context or tls_context(ca_file),
+            ssl=ssl_context,
             compression=None,
             max_size=max_size,
             open_timeout=timeout,
@@ -336,7 +347,14 @@ class Participant:
             await ws.close()
             raise
         if header.get("op") in ("welcome", "lobby_wait"):
-            return cls(ws, header, auto_sync=auto_sync)
+            again = {
+                "url": url,
+                "ssl_context": ssl_context,
+                "timeout": timeout,
+                "max_size": max_size,
+                "auto_sync": auto_sync,
+            }
+            return cls(ws, header, auto_sync=auto_sync, owned=_owned, reconnect_with=again)
         error = str(header.get("code", "join_refused"))
         reason = str(header.get("reason", ""))
         try:
@@ -516,7 +534,7 @@ class Participant:
         await self.control("role", pid=pid, role=role)
 
     async def webinar(self, on: bool = True) -> None:
-        """Host: attendees may not publish media or documents while on (chat and polls stay)."""
+        """Host: attendees may not publish audio, video or screen while on (chat and polls stay)."""
         await self.control("webinar", on=on)
 
     async def end(self) -> None:
@@ -668,6 +686,24 @@ class Participant:
         """Wait until every sync answer this participant started has been sent."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def reconnect(self) -> Participant:
+        """Take this participant's seat back on a new connection (within the grace period).
+
+        Uses :attr:`resume_token`; keeps pid and role, and the documents and
+        polls this participant owns, so it can still answer sync requests. The
+        old connection is dropped if it is not already. Returns the resumed
+        participant; use it from now on.
+        """
+        if self.resume_token is None:
+            raise Disconnected(None, "no resume token: this participant was never admitted")
+        if self._ws.state.name != "CLOSED":
+            await self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        return await Participant.join(
+            resume=True, invitation=self.resume_token, _owned=self._owned, **self._reconnect_with
+        )
 
     async def leave(self) -> None:
         """Leave the meeting (close the connection)."""

@@ -435,6 +435,7 @@ class Hub:
         digest = room.resume.pop(pid, None)
         if digest is not None:
             self._resume.pop(digest, None)
+        room.pending_sync.pop(pid, None)
         log.info("participant left meeting=%s pid=%d", meeting.meeting_id, pid)
         if meeting.state is not MeetingState.LIVE:
             return
