@@ -248,7 +248,10 @@ def _cdr_verify(settings: Settings, path: Path, public_key: Path | None) -> int:
     from .signing import RecordSigner, load_public_key, verify_records
 
     if public_key is not None:
-        pem = public_key.read_bytes()
+        try:
+            pem = public_key.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {public_key}: {exc.strerror}") from None
     else:
         key_file = settings.data_dir / "cdr-signing-key.pem"
         if not key_file.exists():
@@ -283,6 +286,8 @@ def _cdr_verify(settings: Settings, path: Path, public_key: Path | None) -> int:
         )
         return 1
     note = " (the chain continues records before this file)" if verdict.starts_after_genesis else ""
+    if verdict.unsigned:
+        note += f"; {verdict.unsigned} earlier unsigned records (schema 1) not checked"
     print(f"OK {verdict.checked} records: signatures and chain verified{note}")
     return 0
 

@@ -69,6 +69,19 @@ class RecordSpool:
         files = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime)
         return [CallRecord.from_dict(json.loads(p.read_text())) for p in files]
 
+    def has(self, meeting_id: str) -> bool:
+        """Whether a record of this meeting waits in the spool."""
+        return (self.directory / f"{meeting_id}.json").exists()
+
+    def get(self, meeting_id: str) -> CallRecord | None:
+        """The spooled record of one meeting, if any."""
+        try:
+            return CallRecord.from_dict(
+                json.loads((self.directory / f"{meeting_id}.json").read_text())
+            )
+        except FileNotFoundError:
+            return None
+
     def remove(self, meeting_id: str) -> None:
         """Forget a record once the store has it."""
         with contextlib.suppress(FileNotFoundError):
@@ -123,7 +136,8 @@ class Ledger:
         if self.spool is None:
             return 0
         left = 0
-        for record in self.spool.pending():
+        pending = self.spool.pending()
+        for index, record in enumerate(pending):
             try:
                 await self.store.finish_meeting(
                     record,
@@ -132,8 +146,9 @@ class Ledger:
                     now=now,
                 )
             except StoreError:
-                left += 1
-                continue
+                # The store is still failing: the rest waits for the next round.
+                left = len(pending) - index
+                break
             self.spool.remove(record.meeting_id)
             log.info("spooled record committed meeting=%s", record.meeting_id)
         return left
@@ -142,6 +157,10 @@ class Ledger:
         """Close the meetings this node left open when it died, as ``relay_failure``."""
         recovered = []
         for checkpoint in await self.store.open_checkpoints(self.node_id):
+            if self.spool is not None and self.spool.has(checkpoint.meeting_id):
+                # Its final record was spooled before the crash: that one wins,
+                # never the older checkpoint.
+                continue
             stored = await self.commit(checkpoint, now)
             log.warning(
                 "meeting closed after a relay failure meeting=%s duration=%.1f",

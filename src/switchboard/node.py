@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import socket
 import ssl
@@ -58,7 +59,9 @@ def _node_id(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     node_id = "n_" + secrets.token_hex(6)
-    path.write_text(node_id + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(node_id + "\n")
     return node_id
 
 

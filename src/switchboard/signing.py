@@ -99,6 +99,8 @@ class Verdict:
     reason: str = ""
     starts_after_genesis: bool = False
     """The first record continues a chain from records not in the input (an --after export)."""
+    unsigned: int = 0
+    """Leading records of schema 1 (written before records were signed), not checked."""
 
     @property
     def ok(self) -> bool:
@@ -110,9 +112,13 @@ def verify_records(records: Iterable[dict[str, Any]], public_key: Ed25519PublicK
     """Check signatures and the hash chain of records in commit order."""
     previous: dict[str, Any] | None = None
     starts_after_genesis = False
+    unsigned = 0
     index = -1
     for index, record in enumerate(records):
         record_id = str(record.get("record_id", ""))
+        if previous is None and int(record.get("schema_version", 2)) < 2:
+            unsigned += 1  # from before an upgrade to signed records: nothing to check
+            continue
         try:
             signature = base64.b64decode(str(record.get("signature", "")), validate=True)
             public_key.verify(signature, canonical(record))
@@ -124,4 +130,6 @@ def verify_records(records: Iterable[dict[str, Any]], public_key: Ed25519PublicK
         elif prev_hash != chain_hash(previous):
             return Verdict(index, index, record_id, "prev_hash does not match the record before it")
         previous = record
-    return Verdict(index + 1, starts_after_genesis=starts_after_genesis)
+    return Verdict(
+        index + 1 - unsigned, starts_after_genesis=starts_after_genesis, unsigned=unsigned
+    )

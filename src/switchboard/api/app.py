@@ -411,7 +411,12 @@ def create_app(services: Services) -> FastAPI:
     async def end(meeting: OwnMeeting) -> EndMeetingOut:
         """End the meeting for everyone. Answers after the call record is committed."""
         stored = await hub.end_meeting(meeting.meeting_id, EndReason.HOST_ENDED)
-        if stored is None:
+        spool = hub.ledger.spool
+        spooled = spool.get(meeting.meeting_id) if spool is not None else None
+        if stored is None and spooled is not None:
+            # Ended before, its record still waits in the spool: the same answer again.
+            stored = StoredRecord(0, spooled)
+        elif stored is None:
             await store.meeting_ended(meeting.meeting_id, clock.wall())
             stored = await store.get_record(meeting.meeting_id)
         row = await store.get_meeting(meeting.meeting_id)

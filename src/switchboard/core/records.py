@@ -175,7 +175,7 @@ class CallRecord:
     def csv_row(self) -> dict[str, Any]:
         """One flat row with a fixed column set (:data:`COLUMNS`)."""
         flat = self.to_dict()
-        row = {key: flat[key] for key in _BASE_COLUMNS}
+        row = {key: flat[key] for key in _BASE_COLUMNS + _V2_COLUMNS}
         row["features_used"] = " ".join(flat["features_used"])
         row["nodes"] = " ".join(flat["nodes"])
         for name in FEATURES:
@@ -205,16 +205,19 @@ _BASE_COLUMNS = (
     "features_used",
     "end_reason",
     "schema_version",
-    "nodes",
-    "participant_seconds",
-    "prev_hash",
-    "signature",
 )
 
-COLUMNS: tuple[str, ...] = _BASE_COLUMNS + tuple(
-    f"{name}_{counter}"
-    for name in FEATURES
-    for counter in ("frames", "bytes", "deliveries", "dropped")
+_V2_COLUMNS = ("nodes", "participant_seconds", "prev_hash", "signature")
+"""Added by schema 2, after the feature columns so positional CSV readers keep working."""
+
+COLUMNS: tuple[str, ...] = (
+    _BASE_COLUMNS
+    + tuple(
+        f"{name}_{counter}"
+        for name in FEATURES
+        for counter in ("frames", "bytes", "deliveries", "dropped")
+    )
+    + _V2_COLUMNS
 )
 """The allow-list: every field a flat record (CSV export, store columns) may have."""
 

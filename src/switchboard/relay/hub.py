@@ -183,16 +183,23 @@ class Hub:
         and retry records waiting in the spool."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
-            now = self.clock.mono()
-            for mid, room in list(self.rooms.items()):
-                if room.meeting.state is not MeetingState.LIVE:
-                    continue
-                if now - room.meeting.last_activity > self.idle_timeout:
-                    self._spawn(self.end_meeting(mid, EndReason.IDLE_TIMEOUT))
-                    continue
-                await self.ledger.checkpoint(self._snapshot(room))
-            if self.ledger.spool is not None and self.ledger.spool.pending():
-                await self.ledger.replay(self.clock.wall())
+            try:
+                await self._checkpoint_round()
+            except Exception:
+                # Checkpoints, idle ends and spool replays must go on whatever happens.
+                log.exception("checkpoint round failed")
+
+    async def _checkpoint_round(self) -> None:
+        now = self.clock.mono()
+        for mid, room in list(self.rooms.items()):
+            if room.meeting.state is not MeetingState.LIVE:
+                continue
+            if now - room.meeting.last_activity > self.idle_timeout:
+                self._spawn(self.end_meeting(mid, EndReason.IDLE_TIMEOUT))
+                continue
+            await self.ledger.checkpoint(self._snapshot(room))
+        if self.ledger.spool is not None and self.ledger.spool.pending():
+            await self.ledger.replay(self.clock.wall())
 
     async def _keepalive_loop(self) -> None:
         while True:
