@@ -184,7 +184,7 @@ class CallRecord:
             row[f"{name}_bytes"] = use.bytes
             row[f"{name}_deliveries"] = use.deliveries
             row[f"{name}_dropped"] = use.dropped
-        return row
+        return {key: row[key] for key in COLUMNS}
 
 
 def _parse_iso(value: str | float) -> float:
