@@ -101,7 +101,11 @@ def test_refusal_reasons_name_the_action(role: Role, audience: Audience) -> None
 # --- the intended policy, stated explicitly ------------------------------------
 
 
-@pytest.mark.parametrize("role", list(Role))
+PARTICIPATING = [r for r in Role if r is not Role.SUPPORT]
+"""Every role but support, which only receives."""
+
+
+@pytest.mark.parametrize("role", PARTICIPATING)
 @pytest.mark.parametrize("webinar", [False, True])
 def test_everyone_may_chat_to_everyone_and_to_one(role: Role, webinar: bool) -> None:
     for audience in (Audience.EVERYONE, Audience.ONE):
@@ -137,7 +141,7 @@ def test_only_hosts_moderate(role: Role, audience: Audience) -> None:
         assert refusal(role, Action.MODERATE, audience).code == "not_allowed"
 
 
-@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("role", PARTICIPATING)
 def test_poll_answers_go_to_the_owner_only(role: Role) -> None:
     assert RULES[(role, Action.POLL_ANSWER)].audiences == {Audience.OWNER}
     rules.check(role, Action.POLL_ANSWER, Audience.OWNER, webinar=True)
@@ -151,7 +155,7 @@ def test_everyone_chooses_what_to_receive_even_in_webinar(role: Role) -> None:
     rules.check(role, Action.RECEIVE, Audience.RELAY, webinar=True)
 
 
-@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("role", PARTICIPATING)
 @pytest.mark.parametrize("action", MEDIA_ACTIONS)
 def test_media_is_only_ever_broadcast(role: Role, action: Action) -> None:
     rules.check(role, action, Audience.EVERYONE)
@@ -337,3 +341,11 @@ def test_markdown_table_marks_attendee_media_not_in_webinar() -> None:
     assert row["document"] == "-"
     assert row["moderate"] == "-"
     assert rules.markdown_table().count("(not in webinar)") == len(MEDIA_ACTIONS)
+
+
+@pytest.mark.parametrize("action", [a for a in Action if a is not Action.RECEIVE])
+@pytest.mark.parametrize("audience", list(Audience))
+def test_support_only_receives(action: Action, audience: Audience) -> None:
+    assert (Role.SUPPORT, action) not in RULES
+    assert refusal(Role.SUPPORT, action, audience).code == "not_allowed"
+    rules.check(Role.SUPPORT, Action.RECEIVE, Audience.RELAY)

@@ -859,6 +859,7 @@ async def test_only_metadata_tables_exist(backend: str, store_url: str, store: S
         "cdrs",
         "open_records",
         "webhook_deliveries",
+        "email_verifications",
     }
 
 

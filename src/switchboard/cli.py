@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, logs
 from .clock import Clock
 from .config import Settings
 from .core import tokens
@@ -51,33 +51,6 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
     result: int = uvloop.run(coro)
     return result
-
-
-class _KeyValueFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."``: greppable, one event per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = (
-            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}Z "
-            f"level={record.levelname.lower()} logger={record.name} "
-            f"msg={json.dumps(record.getMessage())}"
-        )
-        if record.exc_info:
-            line += f" exc={json.dumps(self.formatException(record.exc_info))}"
-        return line
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = _KeyValueFormatter()
-    formatter.converter = __import__("time").gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # Client libraries used by the demo log every request at INFO; keep them quiet.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -212,6 +185,81 @@ async def _apikey_create(
     return await _with_store(settings, run)
 
 
+async def _host_restore(settings: Settings, email: str) -> int:
+    async def run(store: Store) -> int:
+        host = await store.restore_host(email)
+        if host is None:
+            print(
+                f"switchboard: no deleted, unpurged account with email {email!r}", file=sys.stderr
+            )
+            return 1
+        print(f"host restored: {host.host_id} {host.email}")
+        return 0
+
+    return await _with_store(settings, run)
+
+
+async def _purge(settings: Settings) -> int:
+    async def run(store: Store) -> int:
+        now = Clock().wall()
+        purged = await store.purge_hosts(now - settings.account_retention_days * 86400, now)
+        print(f"purged the personal data of {purged} deleted account(s)")
+        return 0
+
+    return await _with_store(settings, run)
+
+
+async def _backup(settings: Settings, path: Path) -> int:
+    async def run(store: Store) -> int:
+        await store.backup(path)
+        print(f"backup written: {path} (accounts, meeting metadata, records; never content)")
+        return 0
+
+    return await _with_store(settings, run)
+
+
+def _restore(settings: Settings, path: Path) -> int:
+    import sqlite3
+
+    url = settings.effective_database_url
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("restore works on the embedded database; see docs for PostgreSQL")
+    target = Path(url.removeprefix("sqlite:///"))
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master")}
+            version = probe.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            probe.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path} is not a switchboard backup ({exc})") from None
+    if not {"hosts", "meetings", "cdrs"} <= tables or version < 1:
+        raise ConfigError(f"{path} is not a switchboard backup")
+    if target.exists():
+        live = sqlite3.connect(target, timeout=0.5)
+        try:
+            live.execute("BEGIN EXCLUSIVE")  # refuses while a server has the database open
+            live.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            raise ConfigError("the database is in use: stop switchboard serve first") from None
+        finally:
+            live.close()
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dest = sqlite3.connect(target)
+        try:
+            source.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    target.chmod(0o600)
+    print(f"restored {target} from {path}")
+    return 0
+
+
 async def _apikey_list(settings: Settings, out: TextIO) -> int:
     async def run(store: Store) -> int:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
@@ -343,6 +391,21 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    restore_host = host_commands.add_parser(
+        "restore", parents=[common], help="undo an account deletion before it is purged"
+    )
+    restore_host.add_argument("email")
+    commands.add_parser(
+        "purge", parents=[common], help="erase personal data of accounts deleted long enough ago"
+    )
+    backup = commands.add_parser(
+        "backup", parents=[common], help="copy the database online to a file"
+    )
+    backup.add_argument("path", type=Path)
+    restore = commands.add_parser(
+        "restore", parents=[common], help="replace the database with a backup (server stopped)"
+    )
+    restore.add_argument("path", type=Path)
 
     apikey = commands.add_parser("apikey", help="manage API keys")
     apikey_commands = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -376,11 +439,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        _setup_logging(settings.log_level)
+        logs.setup(
+            settings.log_level, fmt=settings.log_format, client_ip=settings.client_ip_logging
+        )
         if args.command == "serve":
             return run_async(_serve(settings))
         if args.command == "host":
+            if args.action == "restore":
+                return run_async(_host_restore(settings, args.email))
             return run_async(_host_add(settings, args.email, _read_password(args)))
+        if args.command == "purge":
+            return run_async(_purge(settings))
+        if args.command == "backup":
+            return run_async(_backup(settings, args.path))
+        if args.command == "restore":
+            return _restore(settings, args.path)
         if args.command == "apikey":
             if args.action == "list":
                 return run_async(_apikey_list(settings, sys.stdout))

@@ -131,6 +131,23 @@ class Settings:
     """First retry delay of a failed delivery; it doubles per attempt."""
     webhook_retry_max: float = 300.0
     """Longest delay between delivery attempts."""
+    self_signup: bool = False
+    """Let people create host accounts with POST /v1/accounts (email verified by the hook)."""
+    verification_hook: str = ""
+    """Command run for each self-signup; gets JSON (email, link) on stdin and sends the mail.
+    Needed when self_signup is on; no mail server is bundled."""
+    account_retention_days: float = 90.0
+    """Days a deleted account can still be restored before its personal data is purged."""
+    support_max_ttl: float = 4 * 3600.0
+    """Longest a support invitation may stay valid (seconds)."""
+    signin_throttle_base: float = 1.0
+    """Seconds of wait after the first failed sign-in of an account or address; doubles."""
+    signin_throttle_max: float = 900.0
+    """Longest sign-in wait."""
+    log_format: str = "text"
+    """text (key=value) or json (one object per line). No format ever holds content."""
+    client_ip_logging: str = "truncated"
+    """full, truncated (IPv4 /24, IPv6 /48) or none: how client addresses appear in logs."""
     password_hash_concurrency: int = 2
     """Argon2 hashes computed at once, so a burst of sign-ins cannot starve switching."""
     log_level: str = "info"
@@ -274,6 +291,15 @@ class Settings:
                 "need drop_video_bytes <= drop_screen_bytes <= drop_audio_bytes"
                 " <= write_buffer_limit (video is dropped first, audio last)"
             )
+        if self.self_signup and not self.verification_hook:
+            raise ConfigError("self_signup needs a verification_hook command to send the mail")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+        if self.client_ip_logging not in ("full", "truncated", "none"):
+            raise ConfigError("client_ip_logging must be full, truncated or none")
+        for name in ("account_retention_days", "support_max_ttl", "signin_throttle_base"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
         scheme = self.effective_database_url.split(":", 1)[0]
@@ -304,6 +330,10 @@ class Settings:
         return settings
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLS.update({"false": False, "0": False, "no": False, "off": False})
+
+
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     """Turn a file, environment or flag value into the field's type, or say why not.
 
@@ -313,7 +343,12 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     refused for both.
     """
     kind = str(annotation)
-    if kind in ("Path", "Path | None"):
+    if kind == "bool":
+        if type(value) is bool:
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+    elif kind in ("Path", "Path | None"):
         if isinstance(value, str | Path) and str(value):
             return Path(value).expanduser()
         if value == "" and "None" in kind:

@@ -21,6 +21,7 @@ to send back to the client that caused them.
     ├── AuthError                    who you are is not established (HTTP 401)
     │   └── SessionExpired           idle or absolute session lifetime passed
     ├── Forbidden                    who you are may not do this (HTTP 403)
+    ├── TooManyRequests              slow down, with a retry time (HTTP 429)
     ├── InvalidRequest               well-formed but unacceptable values (HTTP 422)
     ├── InvitationError              cannot join with this invitation (close 4401)
     ├── MeetingEnded                 the meeting is over (HTTP 410, close 4410)
@@ -51,6 +52,7 @@ __all__ = [
     "SessionExpired",
     "StoreError",
     "SwitchboardError",
+    "TooManyRequests",
 ]
 
 
@@ -171,3 +173,14 @@ class Abuse(ProtocolError):
 
     code = "abuse"
     close_code = CloseCode.ABUSE
+
+
+class TooManyRequests(SwitchboardError):
+    """The caller must wait ``retry_after`` seconds before trying again."""
+
+    code = "too_many_requests"
+    http_status = 429
+
+    def __init__(self, reason: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.retry_after = retry_after

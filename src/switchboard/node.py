@@ -97,6 +97,7 @@ class Node:
         self.api_port = 0
         self.node_id = ""
         self._webhook: WebhookSender | None = None
+        self._purge_task: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -186,6 +187,7 @@ class Node:
             on_commit=self._webhook.notify if self._webhook is not None else None,
         )
         self._hub.start()
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_daily())
         self._relay = await start_relay(
             self._hub,
             self.tls.context,
@@ -204,6 +206,7 @@ class Node:
             clock=self.clock,
             join_url=self.relay_url,
             public_key_pem=self.signer.public_pem(),
+            api_url=self.api_url,
         )
         tls_context = self.tls.context
         config = uvicorn.Config(
@@ -227,6 +230,20 @@ class Node:
         log.info("relay listening url=%s", self.relay_url)
         log.info("api listening url=%s", self.api_url)
 
+    async def _purge_daily(self) -> None:
+        """Erase personal data of accounts deleted more than the retention period ago."""
+        while True:
+            now = self.clock.wall()
+            try:
+                purged = await self.store.purge_hosts(
+                    now - self.settings.account_retention_days * 86400, now
+                )
+                if purged:
+                    log.info("purged deleted accounts count=%d", purged)
+            except Exception:
+                log.exception("account purge failed")
+            await asyncio.sleep(86400)
+
     def reload_tls(self) -> None:
         """Load the certificate and key again (SIGHUP); open connections are not touched."""
         if self.tls is None:
@@ -240,6 +257,8 @@ class Node:
 
     async def stop(self) -> None:
         """Stop accepting, end live meetings with their records, close everything."""
+        if self._purge_task is not None:
+            self._purge_task.cancel()
         if self._relay is not None:
             self._relay.close()
         if self._hub is not None:

@@ -116,7 +116,8 @@ def verify_records(records: Iterable[dict[str, Any]], public_key: Ed25519PublicK
     index = -1
     for index, record in enumerate(records):
         record_id = str(record.get("record_id", ""))
-        if previous is None and int(record.get("schema_version", 2)) < 2:
+        legacy = not record.get("signature") and not record.get("prev_hash")
+        if previous is None and legacy and int(record.get("schema_version", 2)) < 2:
             unsigned += 1  # from before an upgrade to signed records: nothing to check
             continue
         try:

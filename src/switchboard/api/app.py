@@ -12,6 +12,7 @@ records) and nothing else; a host session sees only its own meetings and
 records.
 """
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from ..clock import Clock
 from ..config import Settings
 from ..core import tokens, wire
 from ..core.records import EndReason, iso_utc
+from ..core.rules import Role
 from ..errors import (
     AuthError,
     Forbidden,
@@ -36,10 +38,12 @@ from ..errors import (
     NotFound,
     SessionExpired,
     SwitchboardError,
+    TooManyRequests,
 )
 from ..passwords import Passwords
 from ..relay.hub import Hub
 from ..store import Invitation, MeetingRow, Store, StoredRecord
+from .accounts import SignInThrottle, add_account_routes
 from .schemas import (
     CallRecordOut,
     CallRecordPage,
@@ -80,6 +84,8 @@ class Services:
     """The wss URL clients present invitations to (``.../v1/ws``)."""
     public_key_pem: str = ""
     """The Ed25519 public key that verifies call records."""
+    api_url: str = ""
+    """This API's base URL (for links it hands out, e.g. email verification)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +189,9 @@ def create_app(services: Services) -> FastAPI:
         413: {"model": ErrorOut, "description": "request body over 64 KiB"},
         422: {"model": ErrorOut, "description": "a value is invalid; see details"},
     }
+    throttle = SignInThrottle(
+        base=settings.signin_throttle_base, maximum=settings.signin_throttle_max, clock=clock
+    )
     bearer = HTTPBearer(
         auto_error=False,
         description="A host session token (sbs_...) or an API key (sbk_...).",
@@ -198,6 +207,8 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(SwitchboardError)
     async def _answer(_: Request, exc: SwitchboardError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse(
             {"error": exc.code, "reason": exc.reason}, status_code=exc.http_status, headers=headers
         )
@@ -282,20 +293,30 @@ def create_app(services: Services) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/v1/sessions", status_code=201, tags=["hosts"], responses=errors)
-    async def sign_in(body: SessionCreate) -> SessionOut:
-        """Sign in as a host with email and password; returns a session token."""
+    async def sign_in(body: SessionCreate, request: Request) -> SessionOut:
+        """Sign in as a host with email and password; returns a session token.
+
+        Failed attempts slow down further ones per account and per client address
+        (429 with Retry-After), whether or not the email exists.
+        """
+        keys = throttle.keys(body.email, request.client.host if request.client else "")
+        throttle.check(keys)
         account = await store.host_by_email(body.email)
         ok = await services.passwords.verify(
             account.password_hash if account else None, body.password
         )
-        if not ok or account is None:
+        if not ok or account is None or not account.active:
+            throttle.failed(keys)
             raise AuthError("wrong email or password", code="invalid_credentials")
+        throttle.succeeded(keys)
         if services.passwords.needs_rehash(account.password_hash):
             await store.set_password_hash(
                 account.host_id, await services.passwords.hash(body.password)
             )
         token, digest = tokens.mint(tokens.TokenKind.SESSION)
-        session = await store.create_session(account.host_id, digest, clock.wall())
+        session = await store.create_session(
+            account.host_id, digest, clock.wall(), request.headers.get("user-agent", "")
+        )
         times = tokens.SessionTimes(
             session.created_at,
             session.last_used_at,
@@ -351,6 +372,14 @@ def create_app(services: Services) -> FastAPI:
         if meeting.state == "ended":
             raise MeetingEnded("the meeting has ended; create a new one")
         ttl = settings.invitation_ttl if body.expires_in is None else body.expires_in
+        if body.role is Role.SUPPORT:
+            # Support access is granted by the host, for hours, never open-ended.
+            if body.expires_in is None:
+                ttl = min(ttl, settings.support_max_ttl)
+            elif ttl > settings.support_max_ttl:
+                raise InvalidRequest(
+                    f"support invitations expire within {settings.support_max_ttl:g} seconds"
+                )
         if ttl > settings.invitation_max_ttl:
             raise InvalidRequest(f"expires_in may be at most {settings.invitation_max_ttl:g}")
         if body.max_uses > settings.invitation_max_uses:
@@ -469,6 +498,7 @@ def create_app(services: Services) -> FastAPI:
         """The Ed25519 key that verifies every record's signature. Needs no credentials."""
         return PublicKeyOut(public_key_pem=services.public_key_pem)
 
+    add_account_routes(app, services, principal, errors)
     app.add_middleware(_BodyLimit)
     return app
 

@@ -74,12 +74,14 @@ class EndReason(enum.StrEnum):
 
 
 def iso_utc(epoch: float) -> str:
-    """Render an epoch time as ISO 8601 UTC with millisecond precision."""
-    return (
-        _dt.datetime.fromtimestamp(epoch, _dt.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    """Render an epoch time as ISO 8601 UTC, rounded to the nearest millisecond.
+
+    Stores filter times at the same millisecond resolution, so a label always
+    selects the record it came from.
+    """
+    seconds, millis = divmod(round(epoch * 1000), 1000)
+    moment = _dt.datetime.fromtimestamp(seconds, _dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
 
 
 @dataclass(slots=True)

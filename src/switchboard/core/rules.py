@@ -39,6 +39,8 @@ class Role(enum.StrEnum):
     HOST = "host"
     PRESENTER = "presenter"
     ATTENDEE = "attendee"
+    SUPPORT = "support"
+    """The operator's support staff, invited by a host: receives only, shows as support."""
 
 
 class Audience(enum.StrEnum):
@@ -110,13 +112,14 @@ RULES: Mapping[tuple[Role, Action], Rule] = {
     (Role.ATTENDEE, Action.VIDEO): _NOT_IN_WEBINAR,
     (Role.ATTENDEE, Action.SCREEN): _NOT_IN_WEBINAR,
     (Role.ATTENDEE, Action.RECEIVE): _RELAY,
+    (Role.SUPPORT, Action.RECEIVE): _RELAY,
 }
 """(role, action) -> the audiences allowed and whether webinar mode keeps the right.
 
 A host may do everything a presenter may, and moderate. Polls and documents
 go *to one* only for sync answers and private results. Poll answers go to the
 poll's owner only. Attendees publish media except in webinar mode, and never
-documents.
+documents. Support staff only receive, until a host gives them another role.
 """
 
 SKIP_LOBBY: frozenset[Role] = frozenset({Role.HOST})

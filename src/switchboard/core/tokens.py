@@ -35,6 +35,7 @@ class TokenKind(enum.StrEnum):
     SESSION = "sbs_"
     API_KEY = "sbk_"
     RESUME = "sbr_"
+    VERIFICATION = "sbv_"
 
 
 def mint(kind: TokenKind) -> tuple[str, bytes]:

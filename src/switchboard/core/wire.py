@@ -115,7 +115,7 @@ _U16 = (1 << 16) - 1
 _U32 = (1 << 32) - 1
 _U63 = (1 << 63) - 1
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_ROLES = frozenset({"host", "presenter", "attendee"})
+_ROLES = frozenset({"host", "presenter", "attendee", "support"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +280,9 @@ def _control(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     if op == "role":
         role = header.get("role")
         if type(role) is not str or role not in _ROLES:
-            raise FrameError("'role' must be host, presenter or attendee", code="bad_field")
+            raise FrameError(
+                "'role' must be host, presenter, attendee or support", code="bad_field"
+            )
         fields["role"] = role
     return op, fields
 

@@ -280,7 +280,10 @@ class Hub:
             # The meeting may have ended (record committed, room gone) while the
             # invitation was redeemed; the store has the last word.
             row = await self.store.get_meeting(mid)
-            if row is None or row.state == "ended":
+            spool = self.ledger.spool
+            if row is None or row.state == "ended" or (spool is not None and spool.has(mid)):
+                # A spooled record means the meeting ended here; the store only
+                # learns it when the spool is replayed.
                 raise MeetingEnded("the meeting has ended")
             if not conn.is_open:
                 return False
@@ -594,6 +597,12 @@ class Hub:
         )
         if room.meeting.empty:
             self._spawn(self.end_meeting(room.meeting.meeting_id, EndReason.LAST_LEFT))
+
+    async def end_meetings_of(self, host_id: str, reason: EndReason) -> int:
+        """End every live meeting of one host (its account was deleted); how many."""
+        mids = [mid for mid, room in self.rooms.items() if room.meeting.host_id == host_id]
+        await asyncio.gather(*(self.end_meeting(mid, reason) for mid in mids))
+        return len(mids)
 
     def moderate(self, meeting_id: str, op: str, args: dict[str, Any]) -> list[dict[str, Any]]:
         """Apply a host's control operation from the API; return the roster after it."""

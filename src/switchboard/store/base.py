@@ -13,8 +13,9 @@ store frame content.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..core.records import CallRecord
 from ..core.rules import Role
@@ -39,6 +40,17 @@ class HostAccount:
     email: str
     password_hash: str
     created_at: float
+    name: str = ""
+    preferences: dict[str, Any] = field(default_factory=dict)
+    verified: bool = True
+    deactivated_at: float | None = None
+    """Set when the host deleted its account; personal data is purged after retention."""
+    purged_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """May sign in and act: verified and not deleted."""
+        return self.verified and self.deactivated_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,8 @@ class HostSession:
     host_id: str
     created_at: float
     last_used_at: float
+    client: str = ""
+    """What the client said it is (user agent, truncated); never its address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +134,15 @@ class Store(Protocol):
         """Release connections; pending writes are finished first."""
 
     # hosts and sessions
-    async def add_host(self, email: str, password_hash: str, now: float) -> HostAccount:
+    async def add_host(
+        self,
+        email: str,
+        password_hash: str,
+        now: float,
+        *,
+        name: str = "",
+        verified: bool = True,
+    ) -> HostAccount:
         """Create a host; raise :class:`~switchboard.errors.Conflict` if the email is taken."""
 
     async def host_by_email(self, email: str) -> HostAccount | None:
@@ -129,8 +151,51 @@ class Store(Protocol):
     async def set_password_hash(self, host_id: str, password_hash: str) -> None:
         """Replace a host's password hash (rehash after a parameter change)."""
 
-    async def create_session(self, host_id: str, digest: bytes, now: float) -> HostSession:
+    async def create_session(
+        self, host_id: str, digest: bytes, now: float, client: str = ""
+    ) -> HostSession:
         """Record a new session under the token's digest."""
+
+    async def list_sessions(self, host_id: str) -> Sequence[tuple[HostSession, bytes]]:
+        """A host's sessions with their digests (to mark the caller's own), newest first."""
+
+    async def end_sessions(
+        self, host_id: str, *, keep: bytes | None = None, session_id: str | None = None
+    ) -> int:
+        """End a host's sessions (all, all but ``keep``, or one by id); how many ended."""
+
+    async def get_host(self, host_id: str) -> HostAccount | None:
+        """One host by id."""
+
+    async def update_host(
+        self,
+        host_id: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        preferences: dict[str, Any] | None = None,
+    ) -> HostAccount:
+        """Change a host's own details; ``Conflict`` if the new email is taken."""
+
+    async def create_verification(self, host_id: str, digest: bytes, expires_at: float) -> None:
+        """Store an email-verification token's digest for a self-registered host."""
+
+    async def verify_email(self, digest: bytes, now: float) -> str | None:
+        """Use a verification token once: mark its host verified and return its id."""
+
+    async def deactivate_host(self, host_id: str, now: float) -> None:
+        """Delete an account, reversibly until purged: sign-in refused, sessions ended,
+        API keys and outstanding invitations revoked, in one transaction."""
+
+    async def restore_host(self, email: str) -> HostAccount | None:
+        """Undo a deletion that was not purged yet; ``None`` if there is nothing to restore."""
+
+    async def purge_hosts(self, deactivated_before: float, now: float) -> int:
+        """Erase personal data (email, name, password hash, preferences) of hosts deleted
+        before ``deactivated_before``; records stay under the pseudonymous host id."""
+
+    async def backup(self, path: Path) -> None:
+        """Write a consistent copy of the whole database to ``path`` (online)."""
 
     async def use_session(
         self, digest: bytes, now: float, idle_timeout: float, max_lifetime: float

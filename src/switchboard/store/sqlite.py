@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..core.records import GENESIS_HASH, CallRecord, FeatureUsage, canonical, chain_hash
 from ..core.rules import Role
-from ..errors import ConfigError, Conflict, InvitationError, MeetingEnded, StoreError
+from ..errors import ConfigError, Conflict, InvitationError, MeetingEnded, NotFound, StoreError
 from .base import (
     ApiKey,
     HostAccount,
@@ -40,7 +40,7 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -128,6 +128,19 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     last_status   TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries(delivered_at, next_attempt);
+""",
+    3: """
+ALTER TABLE hosts ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN preferences TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE hosts ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE hosts ADD COLUMN deactivated_at REAL;
+ALTER TABLE hosts ADD COLUMN purged_at REAL;
+ALTER TABLE sessions ADD COLUMN client TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS email_verifications (
+    digest        BLOB PRIMARY KEY,
+    host_id       TEXT NOT NULL REFERENCES hosts(host_id),
+    expires_at    REAL NOT NULL
+);
 """,
 }
 
@@ -235,21 +248,50 @@ class SqliteStore:
 
     # hosts and sessions
 
-    async def add_host(self, email: str, password_hash: str, now: float) -> HostAccount:
+    _HOST_COLS = (
+        "host_id, email, password_hash, created_at, name, preferences, verified,"
+        " deactivated_at, purged_at"
+    )
+
+    @staticmethod
+    def _host(row: Sequence[Any]) -> HostAccount:
+        return HostAccount(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            json.loads(row[5]),
+            bool(row[6]),
+            row[7],
+            row[8],
+        )
+
+    async def add_host(
+        self,
+        email: str,
+        password_hash: str,
+        now: float,
+        *,
+        name: str = "",
+        verified: bool = True,
+    ) -> HostAccount:
         """See :class:`~switchboard.store.base.Store`."""
-        host = HostAccount(_new_id("h_"), email, password_hash, now)
+        host = HostAccount(_new_id("h_"), email, password_hash, now, name, {}, verified)
 
         def run() -> None:
             try:
                 self._db.execute(
-                    "INSERT INTO hosts (host_id, email, email_key, password_hash, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO hosts (host_id, email, email_key, password_hash, created_at,"
+                    " name, verified) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         host.host_id,
                         host.email,
                         _email_key(email),
                         host.password_hash,
                         host.created_at,
+                        name,
+                        int(verified),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -263,12 +305,81 @@ class SqliteStore:
 
         def run() -> HostAccount | None:
             row = self._db.execute(
-                "SELECT host_id, email, password_hash, created_at FROM hosts WHERE email_key = ?",
-                (_email_key(email),),
+                f"SELECT {self._HOST_COLS} FROM hosts WHERE email_key = ?", (_email_key(email),)
             ).fetchone()
-            return HostAccount(*row) if row else None
+            return self._host(row) if row else None
 
         return await self._run(run)
+
+    async def get_host(self, host_id: str) -> HostAccount | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> HostAccount | None:
+            row = self._db.execute(
+                f"SELECT {self._HOST_COLS} FROM hosts WHERE host_id = ?", (host_id,)
+            ).fetchone()
+            return self._host(row) if row else None
+
+        return await self._run(run)
+
+    async def update_host(
+        self,
+        host_id: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        preferences: dict[str, Any] | None = None,
+    ) -> HostAccount:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> HostAccount:
+            if name is not None:
+                db.execute("UPDATE hosts SET name = ? WHERE host_id = ?", (name, host_id))
+            if preferences is not None:
+                db.execute(
+                    "UPDATE hosts SET preferences = ? WHERE host_id = ?",
+                    (json.dumps(preferences, sort_keys=True), host_id),
+                )
+            if email is not None:
+                try:
+                    db.execute(
+                        "UPDATE hosts SET email = ?, email_key = ? WHERE host_id = ?",
+                        (email, _email_key(email), host_id),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict("a host with this email exists", code="email_taken") from None
+            row = db.execute(
+                f"SELECT {self._HOST_COLS} FROM hosts WHERE host_id = ?", (host_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such host")
+            return self._host(row)
+
+        return await self._run(self._tx, run)
+
+    async def create_verification(self, host_id: str, digest: bytes, expires_at: float) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        await self._run(
+            self._db.execute,
+            "INSERT INTO email_verifications (digest, host_id, expires_at) VALUES (?, ?, ?)",
+            (digest, host_id, expires_at),
+        )
+
+    async def verify_email(self, digest: bytes, now: float) -> str | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "DELETE FROM email_verifications WHERE digest = ? AND expires_at > ?"
+                " RETURNING host_id",
+                (digest, now),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE hosts SET verified = 1 WHERE host_id = ?", (row[0],))
+            return str(row[0])
+
+        return await self._run(self._tx, run)
 
     async def set_password_hash(self, host_id: str, password_hash: str) -> None:
         """See :class:`~switchboard.store.base.Store`."""
@@ -278,13 +389,67 @@ class SqliteStore:
             (password_hash, host_id),
         )
 
-    async def create_session(self, host_id: str, digest: bytes, now: float) -> HostSession:
+    async def deactivate_host(self, host_id: str, now: float) -> None:
         """See :class:`~switchboard.store.base.Store`."""
-        session = HostSession(_new_id("s_"), host_id, now, now)
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE hosts SET deactivated_at = ? WHERE host_id = ? AND deactivated_at IS NULL",
+                (now, host_id),
+            )
+            db.execute("DELETE FROM sessions WHERE host_id = ?", (host_id,))
+            db.execute("UPDATE api_keys SET revoked = 1 WHERE host_id = ?", (host_id,))
+            db.execute(
+                "UPDATE invitations SET revoked = 1 WHERE meeting_id IN"
+                " (SELECT meeting_id FROM meetings WHERE host_id = ? AND state != 'ended')",
+                (host_id,),
+            )
+
+        await self._run(self._tx, run)
+
+    async def restore_host(self, email: str) -> HostAccount | None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> HostAccount | None:
+            row = db.execute(
+                "UPDATE hosts SET deactivated_at = NULL WHERE email_key = ?"
+                " AND deactivated_at IS NOT NULL AND purged_at IS NULL"
+                f" RETURNING {self._HOST_COLS}",
+                (_email_key(email),),
+            ).fetchone()
+            return self._host(row) if row else None
+
+        return await self._run(self._tx, run)
+
+    async def purge_hosts(self, deactivated_before: float, now: float) -> int:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> int:
+            # The placeholder email keeps the UNIQUE columns unique and says what happened.
+            cur = db.execute(
+                "UPDATE hosts SET email = 'purged:' || host_id, email_key = 'purged:' || host_id,"
+                " name = '', password_hash = '', preferences = '{}', purged_at = ?"
+                " WHERE deactivated_at IS NOT NULL AND deactivated_at < ? AND purged_at IS NULL",
+                (now, deactivated_before),
+            )
+            db.execute(
+                "DELETE FROM sessions WHERE host_id IN"
+                " (SELECT host_id FROM hosts WHERE purged_at IS NOT NULL)"
+            )
+            return cur.rowcount
+
+        return await self._run(self._tx, run)
+
+    async def create_session(
+        self, host_id: str, digest: bytes, now: float, client: str = ""
+    ) -> HostSession:
+        """See :class:`~switchboard.store.base.Store`."""
+        session = HostSession(_new_id("s_"), host_id, now, now, client[:80])
         await self._run(
             self._db.execute,
-            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
-            (session.session_id, digest, host_id, now, now),
+            "INSERT INTO sessions (session_id, digest, host_id, created_at, last_used_at, client)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (session.session_id, digest, host_id, now, now, session.client),
         )
         return session
 
@@ -293,21 +458,82 @@ class SqliteStore:
     ) -> HostSession | None:
         """See :class:`~switchboard.store.base.Store`."""
 
+        valid = (
+            " WHERE digest = ? AND last_used_at + ? > ? AND created_at + ? > ?"
+            " AND host_id IN (SELECT host_id FROM hosts"
+            "  WHERE deactivated_at IS NULL AND verified = 1)"
+        )
+        args = (digest, idle_timeout, now, max_lifetime, now)
+
         def run() -> HostSession | None:
-            row = self._db.execute(
-                "UPDATE sessions SET last_used_at = ?"
-                " WHERE digest = ? AND last_used_at + ? > ? AND created_at + ? > ?"
-                " RETURNING session_id, host_id, created_at, last_used_at",
-                (now, digest, idle_timeout, now, max_lifetime, now),
-            ).fetchone()
+            try:
+                row = self._db.execute(
+                    "UPDATE sessions SET last_used_at = ?"
+                    + valid
+                    + " RETURNING session_id, host_id, created_at, last_used_at, client",
+                    (now, *args),
+                ).fetchone()
+            except sqlite3.OperationalError:
+                # The database refuses writes (locked, full): recording the use is
+                # best effort, checking the session is not. A locked store must not
+                # stop a host from ending a meeting, whose record goes to the spool.
+                row = self._db.execute(
+                    "SELECT session_id, host_id, created_at, last_used_at, client FROM sessions"
+                    + valid,
+                    args,
+                ).fetchone()
             return HostSession(*row) if row else None
 
         return await self._run(run)
+
+    async def list_sessions(self, host_id: str) -> Sequence[tuple[HostSession, bytes]]:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> list[tuple[HostSession, bytes]]:
+            rows = self._db.execute(
+                "SELECT session_id, host_id, created_at, last_used_at, client, digest"
+                " FROM sessions WHERE host_id = ? ORDER BY created_at DESC, session_id",
+                (host_id,),
+            ).fetchall()
+            return [(HostSession(*row[:5]), row[5]) for row in rows]
+
+        return await self._run(run)
+
+    async def end_sessions(
+        self, host_id: str, *, keep: bytes | None = None, session_id: str | None = None
+    ) -> int:
+        """See :class:`~switchboard.store.base.Store`."""
+        args: tuple[Any, ...]
+        if session_id is not None:
+            sql, args = (
+                "DELETE FROM sessions WHERE host_id = ? AND session_id = ?",
+                (host_id, session_id),
+            )
+        elif keep is not None:
+            sql, args = "DELETE FROM sessions WHERE host_id = ? AND digest != ?", (host_id, keep)
+        else:
+            sql, args = "DELETE FROM sessions WHERE host_id = ?", (host_id,)
+        cur = await self._run(self._db.execute, sql, args)
+        return int(cur.rowcount)
 
     async def delete_session(self, digest: bytes) -> bool:
         """See :class:`~switchboard.store.base.Store`."""
         cur = await self._run(self._db.execute, "DELETE FROM sessions WHERE digest = ?", (digest,))
         return cur.rowcount > 0
+
+    async def backup(self, path: Path) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+            target = sqlite3.connect(path)
+            try:
+                self._db.backup(target)  # SQLite's online backup API: consistent, live
+            finally:
+                target.close()
+
+        await self._run(run)
 
     # meetings and invitations
 
@@ -497,11 +723,17 @@ class SqliteStore:
         """See :class:`~switchboard.store.base.Store`."""
 
         def run() -> ApiKey | None:
-            row = self._db.execute(
-                "UPDATE api_keys SET last_used_at = ? WHERE digest = ? AND revoked = 0"
-                f" RETURNING {self._KEY_COLS}",
-                (now, digest),
-            ).fetchone()
+            try:
+                row = self._db.execute(
+                    "UPDATE api_keys SET last_used_at = ? WHERE digest = ? AND revoked = 0"
+                    f" RETURNING {self._KEY_COLS}",
+                    (now, digest),
+                ).fetchone()
+            except sqlite3.OperationalError:  # best effort, as for sessions
+                row = self._db.execute(
+                    f"SELECT {self._KEY_COLS} FROM api_keys WHERE digest = ? AND revoked = 0",
+                    (digest,),
+                ).fetchone()
             return self._api_key(row) if row else None
 
         return await self._run(run)
@@ -671,11 +903,11 @@ class SqliteStore:
             where.append("host_id = ?")
             args.append(host_id)  # type: ignore[arg-type]
         if since is not None:
-            where.append("ended_at >= ?")
-            args.append(since)  # type: ignore[arg-type]
+            where.append("CAST(ROUND(ended_at * 1000) AS INTEGER) >= ?")
+            args.append(round(since * 1000))
         if until is not None:
-            where.append("ended_at < ?")
-            args.append(until)  # type: ignore[arg-type]
+            where.append("CAST(ROUND(ended_at * 1000) AS INTEGER) < ?")
+            args.append(round(until * 1000))
         sql = f"SELECT {self._CDR_COLS} FROM cdrs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
 
         def run() -> list[StoredRecord]:
