@@ -1,0 +1,41 @@
+"""The naive relay, improved the way websockets suggests: ``websockets.broadcast()``.
+
+Same protocol as :mod:`benchmarks.peers.naive`: room name first, then binary
+frames forwarded to the others in the room, without awaiting each send.
+
+    python -m benchmarks.peers.broadcast PORT CERT KEY
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+
+import uvloop
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+ROOMS: dict[str, set[ServerConnection]] = {}
+
+
+async def handler(ws: ServerConnection) -> None:
+    room_name = str(await ws.recv())
+    room = ROOMS.setdefault(room_name, set())
+    room.add(ws)
+    try:
+        async for message in ws:
+            broadcast([other for other in room if other is not ws], message)
+    finally:
+        room.discard(ws)
+
+
+async def main(port: int, cert: str, key: str) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    async with serve(handler, "127.0.0.1", port, ssl=ctx, compression=None, max_size=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
