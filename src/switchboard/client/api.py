@@ -154,9 +154,90 @@ class ApiClient:
 
     # records
 
-    async def cdrs(self, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
-        """One page of call records: ``{"records": [...], "next_cursor": n}``."""
-        result: dict[str, Any] = await self._call(
-            "GET", "/v1/cdrs", params={"after": after, "limit": limit}
+    async def cdrs(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        host_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of call records: ``{"records": [...], "next_cursor": n}``.
+
+        ``since``/``until`` are ISO 8601 times bounding ``ended_at``.
+        """
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        for key, value in (("host_id", host_id), ("since", since), ("until", until)):
+            if value is not None:
+                params[key] = value
+        result: dict[str, Any] = await self._call("GET", "/v1/cdrs", params=params)
+        return result
+
+    async def public_key(self) -> str:
+        """The PEM public key that verifies call records."""
+        result: dict[str, Any] = await self._call("GET", "/v1/cdrs/public-key")
+        return str(result["public_key_pem"])
+
+    # the host's own account
+
+    async def sign_up(self, email: str, password: str, name: str = "") -> None:
+        """Create a host account yourself (where the operator allows it)."""
+        await self._call(
+            "POST", "/v1/accounts", json={"email": email, "password": password, "name": name}
         )
+
+    async def verify_email(self, token: str) -> None:
+        """Confirm a self-registered account with the token from its verification link."""
+        await self._call("POST", "/v1/accounts/verify", json={"token": token})
+
+    async def account(self) -> dict[str, Any]:
+        """Your account: email, name, preferences."""
+        result: dict[str, Any] = await self._call("GET", "/v1/account")
+        return result
+
+    async def update_account(
+        self,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        preferences: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Change your name, email or preferences."""
+        body = {
+            k: v
+            for k, v in (("name", name), ("email", email), ("preferences", preferences))
+            if v is not None
+        }
+        result: dict[str, Any] = await self._call("PATCH", "/v1/account", json=body)
+        return result
+
+    async def change_password(self, current: str, new: str) -> None:
+        """Change your password; your other sessions end."""
+        await self._call(
+            "POST",
+            "/v1/account/password",
+            json={"current_password": current, "new_password": new},
+        )
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Your active sessions (never their tokens)."""
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/sessions")
+        return result
+
+    async def end_session(self, session_id: str) -> None:
+        """End one of your sessions."""
+        await self._call("DELETE", f"/v1/sessions/{session_id}")
+
+    async def sign_out_everywhere(self) -> None:
+        """End every session of your account, this one included."""
+        await self._call("DELETE", "/v1/sessions")
+        self.token = None
+
+    async def delete_account(self, password: str) -> dict[str, Any]:
+        """Delete your account (an operator can restore it until it is purged)."""
+        result: dict[str, Any] = await self._call(
+            "DELETE", "/v1/account", json={"password": password}
+        )
+        self.token = None
         return result
