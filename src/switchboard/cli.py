@@ -19,7 +19,7 @@ import csv
 import getpass
 import json
 import logging
-import re
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,7 +32,7 @@ from .config import Settings
 from .core import tokens
 from .core.records import COLUMNS, iso_utc
 from .errors import ConfigError, SwitchboardError
-from .passwords import MIN_PASSWORD_CHARS, Passwords
+from .passwords import MIN_PASSWORD_CHARS, Passwords, is_email
 from .store import Store, open_store
 
 __all__ = ["main", "run_async"]
@@ -40,7 +40,6 @@ __all__ = ["main", "run_async"]
 log = logging.getLogger("switchboard")
 
 SCOPES = ("cdr:read", "meetings:write")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -145,7 +144,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 async def _host_add(settings: Settings, email: str, password: str) -> int:
-    if not _EMAIL.match(email):
+    if not is_email(email):
         raise ConfigError(f"not an email address: {email!r}")
     password_hash = await Passwords().hash(password)
 
@@ -203,6 +202,12 @@ async def _purge(settings: Settings) -> int:
     async def run(store: Store) -> int:
         now = Clock().wall()
         purged = await store.purge_hosts(now - settings.account_retention_days * 86400, now)
+        await store.delete_expired(
+            now,
+            idle_timeout=settings.session_idle_timeout,
+            max_lifetime=settings.session_max_lifetime,
+            unverified_before=now - 48 * 3600.0,
+        )
         print(f"purged the personal data of {purged} deleted account(s)")
         return 0
 
@@ -236,15 +241,15 @@ def _restore(settings: Settings, path: Path) -> int:
         raise ConfigError(f"{path} is not a switchboard backup ({exc})") from None
     if not {"hosts", "meetings", "cdrs"} <= tables or version < 1:
         raise ConfigError(f"{path} is not a switchboard backup")
-    if target.exists():
-        live = sqlite3.connect(target, timeout=0.5)
-        try:
-            live.execute("BEGIN EXCLUSIVE")  # refuses while a server has the database open
-            live.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            raise ConfigError("the database is in use: stop switchboard serve first") from None
-        finally:
-            live.close()
+    from .node import hold_data_dir
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        lock = hold_data_dir(settings.data_dir)  # refused while a server runs
+    except ConfigError:
+        raise ConfigError(
+            "the data directory is in use by switchboard serve: stop it first"
+        ) from None
     source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -256,6 +261,7 @@ def _restore(settings: Settings, path: Path) -> int:
     finally:
         source.close()
     target.chmod(0o600)
+    os.close(lock)
     print(f"restored {target} from {path}")
     return 0
 

@@ -300,6 +300,8 @@ class Settings:
         for name in ("account_retention_days", "support_max_ttl", "signin_throttle_base"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.signin_throttle_max < self.signin_throttle_base:
+            raise ConfigError("signin_throttle_max must be at least signin_throttle_base")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
         scheme = self.effective_database_url.split(":", 1)[0]

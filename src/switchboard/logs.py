@@ -11,6 +11,8 @@ is kept is ``client_ip_logging``:
   enough to see abuse patterns, not to identify a household;
 * ``none``: replaced by ``-``.
 
+Query strings are cut from logged paths, so no token in a link reaches a log.
+
 Logs go to standard error; keeping and rotating them is the service manager's
 job (journald, logrotate). See ``docs/topics/privacy.md`` for retention.
 """
@@ -33,11 +35,15 @@ def mask_address(address: str, policy: str) -> str:
         return address
     if policy == "none":
         return "-"
-    host, sep, port = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    # uvicorn writes "host:port", IPv6 hosts without brackets: the port is after the last colon.
+    host, sep, port = address.rpartition(":")
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return "-"
+        try:
+            ip, sep, port = ipaddress.ip_address(address.strip("[]")), "", ""
+        except ValueError:
+            return "-"
     prefix = 24 if ip.version == 4 else 48
     network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
     masked = str(network.network_address)
@@ -54,7 +60,11 @@ class ClientAddressFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args and isinstance(args[0], str):
-            record.args = (mask_address(args[0], self.policy), *args[1:])
+            rest = list(args[1:])
+            if len(rest) >= 2 and isinstance(rest[1], str):
+                # The path without its query: a verification link's token stays out of logs.
+                rest[1] = rest[1].split("?", 1)[0]
+            record.args = (mask_address(args[0], self.policy), *rest)
         return True
 
 

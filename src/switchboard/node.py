@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -39,11 +40,13 @@ from .signing import RecordSigner
 from .store import Store, open_store
 from .webhook import WebhookSender
 
-__all__ = ["Node"]
+__all__ = ["Node", "hold_data_dir"]
 
 log = logging.getLogger("switchboard")
 
 _DRAIN_SECONDS = 5.0
+_UNVERIFIED_SECONDS = 48 * 3600.0
+"""Sign-ups not verified within this time are forgotten (their link expired too)."""
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -52,6 +55,21 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def hold_data_dir(data_dir: Path) -> int:
+    """Take the data directory for this process: one server per data directory.
+
+    The lock is an ``flock`` on ``<data_dir>/serve.lock``; the kernel drops it
+    when the process ends, however it ends. ``switchboard restore`` checks it.
+    """
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another switchboard serve is using {data_dir}") from None
+    return fd
 
 
 def _node_id(path: Path) -> str:
@@ -98,6 +116,7 @@ class Node:
         self.node_id = ""
         self._webhook: WebhookSender | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def store(self) -> Store:
@@ -136,6 +155,7 @@ class Node:
         """Bring everything up; raise :class:`ConfigError` if something cannot start."""
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = hold_data_dir(s.data_dir)
         self.tls = ServerTLS(await asyncio.to_thread(self._tls_paths))
         relay_sock = _bind(s.bind, s.relay_port)
         try:
@@ -198,11 +218,15 @@ class Node:
             send_buffer=s.socket_send_buffer,
             bulk_limit=s.max_document_bytes + s.write_buffer_limit,
         )
+        passwords = Passwords(concurrency=s.password_hash_concurrency)
+        # Unknown emails are checked against a dummy hash; make it now, so the
+        # first sign-in with an unknown email takes no longer than with a known one.
+        await passwords.verify(None, "")
         services = Services(
             settings=s,
             store=self._store,
             hub=self._hub,
-            passwords=Passwords(concurrency=s.password_hash_concurrency),
+            passwords=passwords,
             clock=self.clock,
             join_url=self.relay_url,
             public_key_pem=self.signer.public_pem(),
@@ -240,6 +264,12 @@ class Node:
                 )
                 if purged:
                     log.info("purged deleted accounts count=%d", purged)
+                await self.store.delete_expired(
+                    now,
+                    idle_timeout=self.settings.session_idle_timeout,
+                    max_lifetime=self.settings.session_max_lifetime,
+                    unverified_before=now - _UNVERIFIED_SECONDS,
+                )
             except Exception:
                 log.exception("account purge failed")
             await asyncio.sleep(86400)
@@ -281,6 +311,9 @@ class Node:
                 await self._api_task
         if self._store is not None:
             await self._store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the data directory
+            self._lock_fd = None
         self._relay = self._api = self._api_task = None
 
     async def __aenter__(self) -> Node:

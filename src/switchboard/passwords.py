@@ -9,14 +9,23 @@ a burst of sign-ins queues up instead of taking every core from switching.
 from __future__ import annotations
 
 import asyncio
+import re
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["MIN_PASSWORD_CHARS", "Passwords"]
+__all__ = ["MIN_PASSWORD_CHARS", "Passwords", "is_email"]
 
 MIN_PASSWORD_CHARS = 12
 """Shortest password a host may set."""
+
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.][^@\s]{0,188}\.[^@\s]{1,63}")
+
+
+def is_email(value: str) -> bool:
+    """A plausible address: one @, a dotted domain, no spaces or control characters
+    (a line break in an address could inject mail headers in a hook)."""
+    return _EMAIL.fullmatch(value) is not None and value.isprintable()
 
 
 class Passwords:

@@ -19,6 +19,7 @@ exponential backoff; the answer never tells whether an email exists.
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -29,8 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..clock import Clock
 from ..core import tokens
 from ..core.records import EndReason, iso_utc
-from ..errors import AuthError, Conflict, Forbidden, InvalidRequest, TooManyRequests
-from ..passwords import MIN_PASSWORD_CHARS
+from ..errors import (
+    AuthError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+    TooManyRequests,
+)
+from ..passwords import MIN_PASSWORD_CHARS, is_email
 
 __all__ = ["SignInThrottle", "add_account_routes"]
 
@@ -52,7 +61,8 @@ class SignInThrottle:
 
     def __init__(self, *, base: float, maximum: float, clock: Clock) -> None:
         self.base, self.maximum, self.clock = base, maximum, clock
-        self._state: dict[str, tuple[int, float]] = {}
+        self._state: dict[str, tuple[int, float, float]] = {}
+        """key -> (failures, blocked until, last failure), monotonic times."""
 
     @staticmethod
     def keys(email: str, address: str) -> tuple[str, ...]:
@@ -63,7 +73,7 @@ class SignInThrottle:
     def check(self, keys: tuple[str, ...]) -> None:
         """Raise :class:`TooManyRequests` while any counter says wait."""
         now = self.clock.mono()
-        wait = max((self._state.get(k, (0, 0.0))[1] - now for k in keys), default=0.0)
+        wait = max((self._state.get(k, (0, 0.0, 0.0))[1] - now for k in keys), default=0.0)
         if wait > 0:
             raise TooManyRequests(
                 "too many failed sign-ins; wait before trying again", retry_after=wait
@@ -77,10 +87,13 @@ class SignInThrottle:
         if len(self._state) > self._MAX_ENTRIES:
             self._state = {k: v for k, v in self._state.items() if v[1] > now}
         for key in keys:
-            failures = self._state.get(key, (0, 0.0))[0] + 1
-            extra = failures - self.FREE_FAILURES
+            failures, _, last = self._state.get(key, (0, 0.0, 0.0))
+            if now - last > self.maximum:
+                failures = 0  # quiet for a whole maximum wait: the count starts over
+            failures += 1
+            extra = failures - self.FREE_FAILURES + 1  # the attempt after the free ones waits
             delay = min(self.maximum, self.base * 2 ** (extra - 1)) if extra > 0 else 0.0
-            self._state[key] = (failures, now + delay)
+            self._state[key] = (failures, now + delay, now)
 
     def succeeded(self, keys: tuple[str, ...]) -> None:
         """A correct password resets the account's counter (not the address's)."""
@@ -153,8 +166,7 @@ class Verification(_Strict):
 
 
 def _valid_email(email: str) -> str:
-    local, at, domain = email.strip().partition("@")
-    if not (at and local and "." in domain and " " not in email.strip()):
+    if not is_email(email.strip()):
         raise InvalidRequest("not an email address")
     return email.strip()
 
@@ -164,6 +176,7 @@ def add_account_routes(
     services: Any,
     principal: Callable[..., Awaitable[Any]],
     errors: dict[int | str, dict[str, Any]],
+    throttle: SignInThrottle,
 ) -> None:
     """Add the account and session routes to ``app``."""
     settings, store, hub, clock = services.settings, services.store, services.hub, services.clock
@@ -198,20 +211,26 @@ def add_account_routes(
         if not settings.self_signup:
             raise Forbidden("sign-up is by the operator here", code="signup_disabled")
         email = _valid_email(body.email)
+        password_hash = await passwords.hash(body.password)
         try:
             host = await store.add_host(
-                email,
-                await passwords.hash(body.password),
-                clock.wall(),
-                name=body.name,
-                verified=False,
+                email, password_hash, clock.wall(), name=body.name, verified=False
             )
         except Conflict:
+            # Same answer as a new address: sign-up does not reveal accounts, and
+            # takes nothing over. A sign-up never verified is forgotten after 48 h,
+            # so a stranger using someone's address cannot block its owner for long.
             return {"status": "verification_sent"}
         token, digest = tokens.mint(tokens.TokenKind.VERIFICATION)
         await store.create_verification(host.host_id, digest, clock.wall() + _VERIFICATION_TTL)
         link = f"{services.api_url}/v1/accounts/verify?token={token}"
-        await _run_hook(settings.verification_hook, {"email": email, "link": link, "token": token})
+        if not await _run_hook(
+            settings.verification_hook, {"email": email, "link": link, "token": token}
+        ):
+            raise StoreError(
+                "the verification mail could not be sent; try again later",
+                code="verification_unavailable",
+            )
         return {"status": "verification_sent"}
 
     @app.get("/v1/accounts/verify", tags=["account"], responses=errors)
@@ -235,20 +254,33 @@ def add_account_routes(
 
     @app.patch("/v1/account", tags=["account"], responses={**errors, 409: errors[404]})
     async def edit_account(who: Me, body: AccountUpdate) -> AccountOut:
-        """Change your name, email or preferences."""
-        await store.update_host(
-            who.host_id,
-            name=body.name,
-            email=_valid_email(body.email) if body.email is not None else None,
-            preferences=dict(body.preferences) if body.preferences is not None else None,
-        )
+        """Change your name, email or preferences.
+
+        A taken email answers 409; such refusals are throttled like failed
+        sign-ins, so the endpoint cannot be used to list who has an account.
+        """
+        keys = (f"host:{who.host_id}",)
+        throttle.check(keys)
+        try:
+            await store.update_host(
+                who.host_id,
+                name=body.name,
+                email=_valid_email(body.email) if body.email is not None else None,
+                preferences=dict(body.preferences) if body.preferences is not None else None,
+            )
+        except Conflict:
+            throttle.failed(keys)
+            raise
         return await account_out(who.host_id)
 
     @app.post("/v1/account/password", status_code=204, tags=["account"], responses=errors)
     async def change_password(who: Me, body: PasswordChange) -> Response:
         """Change your password; every other session ends, this one stays."""
         host = await store.get_host(who.host_id)
+        keys = (f"host:{who.host_id}",)
+        throttle.check(keys)
         if host is None or not await passwords.verify(host.password_hash, body.current_password):
+            throttle.failed(keys)
             raise AuthError("the current password is wrong", code="invalid_credentials")
         await store.set_password_hash(who.host_id, await passwords.hash(body.new_password))
         await store.end_sessions(who.host_id, keep=who.session_digest)
@@ -262,7 +294,10 @@ def add_account_routes(
         operator can restore the account (``switchboard host restore``).
         """
         host = await store.get_host(who.host_id)
+        keys = (f"host:{who.host_id}",)
+        throttle.check(keys)
         if host is None or not await passwords.verify(host.password_hash, body.password):
+            throttle.failed(keys)
             raise AuthError("the password is wrong", code="invalid_credentials")
         now = clock.wall()
         await store.deactivate_host(who.host_id, now)
@@ -274,6 +309,7 @@ def add_account_routes(
     @app.get("/v1/sessions", tags=["account"], responses=errors)
     async def list_sessions(who: Me) -> list[SessionInfo]:
         """Your active sessions (never their tokens)."""
+        now = clock.wall()
         return [
             SessionInfo(
                 session_id=s.session_id,
@@ -283,6 +319,12 @@ def add_account_routes(
                 current=digest == who.session_digest,
             )
             for s, digest in await store.list_sessions(who.host_id)
+            if tokens.SessionTimes(
+                s.created_at,
+                s.last_used_at,
+                settings.session_idle_timeout,
+                settings.session_max_lifetime,
+            ).valid_at(now)
         ]
 
     @app.delete("/v1/sessions", status_code=204, tags=["account"], responses=errors)
@@ -295,18 +337,27 @@ def add_account_routes(
     async def end_session(who: Me, session_id: str) -> Response:
         """End one of your sessions."""
         if not await store.end_sessions(who.host_id, session_id=session_id):
-            raise InvalidRequest("no such session of yours")
+            raise NotFound("no such session of yours")
         return Response(status_code=204)
 
 
-async def _run_hook(command: str, message: dict[str, str]) -> None:
-    """Give the operator's mail hook its message on stdin (no shell, bounded time)."""
-    proc = await asyncio.create_subprocess_exec(
-        command,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+async def _run_hook(command: str, message: dict[str, str]) -> bool:
+    """Give the operator's mail hook its message on stdin (no shell, bounded time).
+
+    The hook gets a minimal environment: nothing of the server's secrets.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+    except OSError as exc:
+        log.error("verification hook cannot start error=%s", type(exc).__name__)
+        return False
     try:
         async with asyncio.timeout(30):
             await proc.communicate(json.dumps(message).encode())
@@ -315,3 +366,5 @@ async def _run_hook(command: str, message: dict[str, str]) -> None:
         await proc.wait()
     if proc.returncode != 0:
         log.error("verification hook failed status=%s", proc.returncode)
+        return False
+    return True

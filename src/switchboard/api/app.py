@@ -498,7 +498,7 @@ def create_app(services: Services) -> FastAPI:
         """The Ed25519 key that verifies every record's signature. Needs no credentials."""
         return PublicKeyOut(public_key_pem=services.public_key_pem)
 
-    add_account_routes(app, services, principal, errors)
+    add_account_routes(app, services, principal, errors, throttle)
     app.add_middleware(_BodyLimit)
     return app
 

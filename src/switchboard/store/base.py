@@ -194,6 +194,12 @@ class Store(Protocol):
         """Erase personal data (email, name, password hash, preferences) of hosts deleted
         before ``deactivated_before``; records stay under the pseudonymous host id."""
 
+    async def delete_expired(
+        self, now: float, *, idle_timeout: float, max_lifetime: float, unverified_before: float
+    ) -> int:
+        """Forget what has expired: sessions, verification tokens, and sign-ups never
+        verified (created before ``unverified_before``). How many rows went."""
+
     async def backup(self, path: Path) -> None:
         """Write a consistent copy of the whole database to ``path`` (online)."""
 

@@ -202,6 +202,8 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted and purged data is overwritten, not left in free pages.
+        conn.execute("PRAGMA secure_delete = ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
             conn.close()
@@ -438,7 +440,16 @@ class SqliteStore:
             )
             return cur.rowcount
 
-        return await self._run(self._tx, run)
+        purged: int = await self._run(self._tx, run)
+        if purged:
+            # Push the purge out of the write-ahead log into the (securely
+            # overwritten) database file now, rather than at some later checkpoint.
+            await self._run(self._checkpoint_wal)
+        return purged
+
+    def _checkpoint_wal(self) -> None:
+        # fetchall(): the PRAGMA's statement must finish, or it keeps a transaction open.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def create_session(
         self, host_id: str, digest: bytes, now: float, client: str = ""
@@ -521,12 +532,44 @@ class SqliteStore:
         cur = await self._run(self._db.execute, "DELETE FROM sessions WHERE digest = ?", (digest,))
         return cur.rowcount > 0
 
+    async def delete_expired(
+        self, now: float, *, idle_timeout: float, max_lifetime: float, unverified_before: float
+    ) -> int:
+        """See :class:`~switchboard.store.base.Store`."""
+
+        def run(db: sqlite3.Connection) -> int:
+            gone = db.execute(
+                "DELETE FROM sessions WHERE last_used_at + ? <= ? OR created_at + ? <= ?",
+                (idle_timeout, now, max_lifetime, now),
+            ).rowcount
+            gone += db.execute(
+                "DELETE FROM email_verifications WHERE expires_at <= ?", (now,)
+            ).rowcount
+            stale = (
+                "SELECT host_id FROM hosts WHERE verified = 0 AND created_at < ?"
+                " AND host_id NOT IN (SELECT host_id FROM meetings)"
+            )
+            db.execute(
+                f"DELETE FROM email_verifications WHERE host_id IN ({stale})",
+                (unverified_before,),
+            )
+            db.execute(f"DELETE FROM sessions WHERE host_id IN ({stale})", (unverified_before,))
+            gone += db.execute(
+                f"DELETE FROM hosts WHERE host_id IN ({stale})", (unverified_before,)
+            ).rowcount
+            return int(gone)
+
+        return await self._run(self._tx, run)
+
     async def backup(self, path: Path) -> None:
         """See :class:`~switchboard.store.base.Store`."""
 
         def run() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+            except OSError as exc:
+                raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
             target = sqlite3.connect(path)
             try:
                 self._db.backup(target)  # SQLite's online backup API: consistent, live
