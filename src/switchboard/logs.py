@@ -26,7 +26,30 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["ClientAddressFilter", "JsonFormatter", "KeyValueFormatter", "mask_address", "setup"]
+__all__ = [
+    "ClientAddressFilter",
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "frame_blind",
+    "mask_address",
+    "setup",
+]
+
+
+class _FrameBlindLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that reports DEBUG (and INFO) as disabled, whatever the configuration."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+def frame_blind(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The logger to give the websockets library (server and client side alike).
+
+    websockets prints frame contents at DEBUG; this logger can never enable
+    DEBUG, so no configuration can make frame content reach a log.
+    """
+    return _FrameBlindLogger(logging.getLogger(name), {})
 
 
 def mask_address(address: str, policy: str) -> str:

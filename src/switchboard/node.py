@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +27,7 @@ from types import TracebackType
 import uvicorn
 
 from .api import Services, create_app
+from .client.api import tls_context as client_tls_context
 from .clock import Clock
 from .config import Settings
 from .errors import ConfigError
@@ -81,12 +81,6 @@ def _node_id(path: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(node_id + "\n")
     return node_id
-
-
-def _client_context(ca_file: Path | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -187,7 +181,7 @@ class Node:
                 url=s.webhook_url,
                 secret=s.webhook_secret,
                 clock=self.clock,
-                context=_client_context(s.webhook_ca_file),
+                context=client_tls_context(s.webhook_ca_file),
                 retry_base=s.webhook_retry_base,
                 retry_max=s.webhook_retry_max,
             )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..core import wire
 from ..core.wire import Kind, Media
+from ..logs import frame_blind
 from .api import tls_context
 
 __all__ = [
@@ -63,14 +63,7 @@ _QUEUE_EVENTS = 1024
 """Events read ahead of the application; beyond that the SDK stops reading (backpressure)."""
 
 
-class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """websockets logs frame contents at DEBUG; this logger never enables DEBUG."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.WARNING and self.logger.isEnabledFor(level)
-
-
-_LOGGER = _NoDebugLogger(logging.getLogger("switchboard.client.websocket"), {})
+_LOGGER = frame_blind("switchboard.client.websocket")
 
 
 @dataclass(frozen=True, slots=True)

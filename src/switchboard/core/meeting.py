@@ -153,6 +153,9 @@ Event = Announce | Admitted | Removed | KeyframeRequest | EndRequested
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per track per this many seconds."""
 
+_KIND_NAMES = {kind: kind.name.lower() for kind in Kind}
+"""Limit names per kind, made once rather than per frame."""
+
 _FEATURE_OF_KIND = {Kind.CHAT: "chat", Kind.POLL: "poll", Kind.DOCUMENT: "document"}
 
 
@@ -306,7 +309,7 @@ class Meeting:
             raise Forbidden("wait until a host admits you", code="in_lobby")
         kind = frame.kind
         assert sender.rate is not None
-        sender.rate.admit(kind.name.lower(), nbytes, now)
+        sender.rate.admit(_KIND_NAMES[kind], nbytes, now)
         action = rules.action_of(frame)
         to = frame.to
         if kind is Kind.POLL and frame.op == "answer":

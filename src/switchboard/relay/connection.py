@@ -36,6 +36,7 @@ from websockets.server import ServerProtocol
 from ..core import wire
 from ..core.codes import CloseCode, is_transient
 from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
+from ..logs import frame_blind
 
 if TYPE_CHECKING:
     from ..core.meeting import Participant
@@ -54,14 +55,7 @@ _BULK_HIGH = 128 * 1024
 _BULK_PUMP_DELAY = 0.02
 
 
-class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A logger that reports DEBUG as disabled, whatever the configuration."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.WARNING and self.logger.isEnabledFor(level)
-
-
-_WS_LOGGER = _NoDebugLogger(logging.getLogger("switchboard.relay.websocket"), {})
+_WS_LOGGER = frame_blind("switchboard.relay.websocket")
 
 _H1 = struct.Struct("!BB").pack
 _H2 = struct.Struct("!BBH").pack

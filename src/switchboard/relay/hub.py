@@ -103,6 +103,12 @@ class Room:
         """owner pid -> newcomers that joined while the owner was reconnecting."""
         self.done: asyncio.Future[StoredRecord] | None = None
 
+    def forget_resume(self, pid: int, tokens_by_digest: dict[bytes, tuple[str, int]]) -> None:
+        """Invalidate ``pid``'s resume token (it left for good, or got a new one)."""
+        digest = self.resume.pop(pid, None)
+        if digest is not None:
+            tokens_by_digest.pop(digest, None)
+
     def announce(self, op: str, **fields: Any) -> None:
         """Send one control frame to every admitted participant here (encoded once)."""
         message = binary_message(wire.encode_control(op, **fields))
@@ -335,9 +341,7 @@ class Hub:
         """
         meeting = room.meeting
         token, digest = tokens.mint(tokens.TokenKind.RESUME)
-        old = room.resume.get(participant.pid)
-        if old is not None:
-            self._resume.pop(old, None)
+        room.forget_resume(participant.pid, self._resume)
         room.resume[participant.pid] = digest
         self._resume[digest] = (meeting.meeting_id, participant.pid)
         welcome: dict[str, Any] = {
@@ -442,9 +446,7 @@ class Hub:
         meeting = room.meeting
         if meeting.leave(pid) is None:
             return
-        digest = room.resume.pop(pid, None)
-        if digest is not None:
-            self._resume.pop(digest, None)
+        room.forget_resume(pid, self._resume)
         room.pending_sync.pop(pid, None)
         log.info("participant left meeting=%s pid=%d", meeting.meeting_id, pid)
         if meeting.state is not MeetingState.LIVE:
@@ -577,9 +579,7 @@ class Hub:
         timer = room.away_timers.pop(pid, None)
         if timer is not None:
             timer.cancel()
-        digest = room.resume.pop(pid, None)
-        if digest is not None:
-            self._resume.pop(digest, None)
+        room.forget_resume(pid, self._resume)
         if conn is not None:
             conn.room = conn.participant = None
             conn.send_error(Forbidden(event.reason, code=event.code))
