@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from benchmarks.peers import PeerTarget, start_python_peer
 
 ROOMS: dict[str, set[ServerConnection]] = {}
 
@@ -35,6 +39,11 @@ async def main(port: int, cert: str, key: str) -> None:
     async with serve(handler, "127.0.0.1", port, ssl=ctx, compression=None, max_size=None):
         print("ready", flush=True)
         await asyncio.Future()
+
+
+async def start(workdir: Path, cpus: Sequence[int]) -> PeerTarget:
+    """Start this peer for a benchmark run."""
+    return await start_python_peer("broadcast", workdir, cpus)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""One command for the whole comparison: every scenario against switchboard and its peers.
+
+    python -m benchmarks.run                       # everything (tens of minutes)
+    python -m benchmarks.run --scenario audio      # one scenario, every relay
+    python -m benchmarks.run --relay ref --relay switchboard --scale 0.2
+
+Each relay runs in its own process pinned to CPU 0, the generator's workers
+to the other CPUs, so "server CPU per delivery" is the relay's own cost and the
+generator cannot steal from it. Each (scenario, relay) pair gets a fresh relay.
+Results go to ``benchmarks/results/``: JSON, a Markdown table, PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from switchboard.bench import SCENARIOS
+from switchboard.bench.report import markdown, write
+from switchboard.bench.runner import Target, run_scenario, start_switchboard
+
+RESULTS = Path(__file__).parent / "results"
+RELAYS = ("ref", "switchboard", "naive", "broadcast", "socketio", "node", "nats")
+ORDER = ("chat", "audio", "video", "webinar", "slow", "idle", "ramp")
+
+
+async def start(relay: str, workdir: Path, cpus: list[int]) -> Target:
+    """Start ``relay`` for one scenario."""
+    if relay == "switchboard":
+        return await start_switchboard(workdir, cpus=cpus)
+    module = importlib.import_module(f"benchmarks.peers.{relay}")
+    target: Target = await module.start(workdir, cpus)
+    return target
+
+
+def cpu_plan(workers: int | None) -> tuple[list[int], list[int], int]:
+    """Server CPUs, generator CPUs and worker count for this machine."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return [], [], workers or 1
+    return cpus[:1], cpus[1:], workers or max(1, len(cpus) - 1)
+
+
+async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the chosen scenarios against the chosen relays; write and return the figures."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--scenario", choices=ORDER, action="append")
+    parser.add_argument("--relay", choices=RELAYS, action="append")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each scenario")
+    parser.add_argument("--seconds", type=float, help="measured window per run")
+    parser.add_argument("--workers", type=int, help="generator processes")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    server_cpus, generator_cpus, workers = cpu_plan(args.workers)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for name in args.scenario or ORDER:
+        scenario = SCENARIOS[name].scaled(args.scale, args.seconds)
+        for relay in args.relay or RELAYS:
+            with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+                try:
+                    target = await start(relay, Path(tmp), server_cpus)
+                except Exception as exc:  # a peer this machine cannot run
+                    print(f"[{name}/{relay}] skipped: {exc}", file=sys.stderr)
+                    skipped.append(f"{name}/{relay}: {exc}"[:300])
+                    continue
+                try:
+                    rows.append(
+                        await run_scenario(target, scenario, workers=workers, cpus=generator_cpus)
+                    )
+                finally:
+                    await target.stop()
+    settings = {
+        "scale": args.scale,
+        "seconds": args.seconds,
+        "workers": workers,
+        "server_cpus": server_cpus,
+        "generator_cpus": generator_cpus,
+        "skipped": skipped,
+        "scenarios": {n: SCENARIOS[n].description for n in args.scenario or ORDER},
+    }
+    json_path, _ = write(args.out, rows, settings)
+    if not args.no_plots:
+        from benchmarks.plots import plot
+
+        plot(json_path, args.out)
+    print(markdown(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    uvloop.run(main())

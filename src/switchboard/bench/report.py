@@ -1,0 +1,168 @@
+"""Benchmark results as files a reader can keep: JSON with every figure, a Markdown table.
+
+One JSON file per run holds the machine, the versions and every figure, so
+runs can be compared later; the Markdown table is what goes into the README.
+Ratios between relays are computed here, from figures of the same run only,
+because only figures measured side by side on the same machine are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "markdown", "ratios", "write"]
+
+COLUMNS = (
+    ("scenario", "scenario"),
+    ("relay", "relay"),
+    ("server_cpu_us_per_delivery", "CPU µs/delivery"),
+    ("deliveries_per_s", "deliveries/s"),
+    ("delivery_ratio", "delivered"),
+    ("latency_ms_p50", "p50 ms"),
+    ("latency_ms_p99", "p99 ms"),
+    ("latency_ms_p999", "p99.9 ms"),
+    ("server_cpu_pct", "server CPU %"),
+    ("server_rss_peak_mib", "peak RSS MiB"),
+    ("generator_cpu_pct", "generator CPU %"),
+)
+
+_VERSIONS = ("websockets", "uvloop", "msgpack", "picows", "python-socketio", "cryptography")
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "platform": platform.platform()}
+
+
+def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario: switchboard's CPU per delivery against each peer's (same run).
+
+    ``efficiency`` is the issue's E: ref's CPU per delivery over switchboard's
+    (above 1: switchboard does less work per delivery than the featureless
+    reference). ``<peer>_x`` is how many times more CPU per delivery the peer
+    spent than switchboard.
+    """
+    by: dict[str, dict[str, float]] = {}
+    for row in rows:
+        cost = row.get("server_cpu_us_per_delivery")
+        if cost:
+            by.setdefault(row["scenario"], {})[row["relay"]] = float(cost)
+    out = []
+    for scenario, costs in by.items():
+        ours = costs.get("switchboard")
+        if not ours:
+            continue
+        entry: dict[str, Any] = {"scenario": scenario}
+        if "ref" in costs:
+            entry["efficiency"] = round(costs["ref"] / ours, 3)
+        for peer, cost in costs.items():
+            if peer not in ("switchboard", "ref"):
+                entry[f"{peer}_x"] = round(cost / ours, 2)
+        out.append(entry)
+    return out
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The results (and the ratios) as Markdown tables."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    lines = [
+        "| " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cell(row.get(k)) for k, _ in COLUMNS) + " |" for row in rows]
+    extra = [row for row in rows if row.get("scenario") in ("idle", "ramp", "slow")]
+    if extra:
+        lines += ["", "| scenario | relay | figure |", "|---|---|---|"]
+        for row in extra:
+            lines.append(f"| {row['scenario']} | {row['relay']} | {_special(row)} |")
+    table = ratios(rows)
+    if table:
+        peers = sorted({k for entry in table for k in entry if k.endswith("_x")})
+        head = ["scenario", "E = ref/switchboard", *(f"{p[:-2]} / switchboard" for p in peers)]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for entry in table:
+            values = [entry["scenario"], entry.get("efficiency"), *(entry.get(p) for p in peers)]
+            lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _special(row: Mapping[str, Any]) -> str:
+    if row["scenario"] == "idle":
+        return (
+            f"{cell_or(row, 'server_rss_kib_per_connection')} KiB RSS per connection, "
+            f"{cell_or(row, 'joins_per_s')} joins/s "
+            f"({cell_or(row, 'joined')} joined, {cell_or(row, 'failed')} failed)"
+        )
+    if row["scenario"] == "ramp":
+        return (
+            f"capacity {cell_or(row, 'capacity_deliveries_per_s')} deliveries/s "
+            f"(p99 {cell_or(row, 'capacity_latency_ms_p99')} ms, "
+            f"server CPU {cell_or(row, 'capacity_server_cpu_pct')}%); at half: "
+            f"p99 {cell_or(row, 'latency_ms_p99')} ms"
+        )
+    baseline = row.get("baseline") or {}
+    p99, base = row.get("latency_ms_p99"), baseline.get("latency_ms_p99")
+    change = f"{100 * (p99 / base - 1):+.0f}%" if p99 and base else "-"
+    return (
+        f"others' p99 {cell_or(row, 'latency_ms_p99')} ms vs {base} ms without slow readers "
+        f"({change}); slow readers got {cell_or(row, 'slow_delivery_ratio')} of their frames"
+    )
+
+
+def cell_or(row: Mapping[str, Any], key: str) -> str:
+    """One figure of ``row`` as text, a dash when it was not measured."""
+    value = row.get(key)
+    return "-" if value is None else str(value)
+
+
+def write(
+    out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``<stamp>.json`` and ``<stamp>.md`` (and ``latest.*``) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report = {
+        "when": stamp,
+        "machine": _machine(),
+        "python": sys.version.split()[0],
+        "versions": _versions(),
+        "settings": dict(settings),
+        "results": list(rows),
+        "ratios": ratios(rows),
+    }
+    text = json.dumps(report, indent=2, default=str)
+    table = markdown(rows)
+    json_path, md_path = out / f"{stamp}.json", out / f"{stamp}.md"
+    json_path.write_text(text)
+    md_path.write_text(table)
+    (out / "latest.json").write_text(text)
+    (out / "latest.md").write_text(table)
+    return json_path, md_path
