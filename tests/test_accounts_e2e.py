@@ -149,8 +149,10 @@ async def drain(p: Participant) -> list[Event]:
     """Everything ``p`` received so far.
 
     The relay answers a keyframe request for no one (which every role may send, support
-    included) in order, after everything queued to ``p`` before it.
+    included) in order, after everything queued to ``p`` before it. The pause keeps
+    a walk of many drains under the relay's control-frame rate limit (20/s).
     """
+    await asyncio.sleep(0.06)
     await p.control("keyframe", pid=0, track=0)
     marker = ErrorFrame("unknown_participant", "no participant with id 0 in this meeting")
     return (await events_until(p, lambda e: e == marker))[:-1]

@@ -9,10 +9,13 @@ the payload into a Python object. The only await in a connection's life is the
 join, which has to ask the store whether the invitation is good.
 
 Outbound frames are pre-framed bytes (see :func:`binary_message`): a server
-frame is unmasked, so one byte string serves every recipient and is handed to
-each transport as is. A receiver whose transport buffer passes
-``write_buffer_limit`` is closed with ``TOO_SLOW``; a sender is never paused for
-a receiver.
+frame is unmasked, so one byte string serves every recipient. Frames bound for
+one receiver within one event-loop turn are coalesced (:class:`Outbox`): they
+leave in one transport write at the end of the turn, which is one TLS record
+and one send syscall however many frames the turn produced for that receiver.
+Under load a turn handles many inbound frames, so the per-delivery cost falls
+as the load rises. A receiver whose buffer passes ``write_buffer_limit`` is
+closed with ``TOO_SLOW``; a sender is never paused for a receiver.
 
 The websockets logger is wrapped so that it can never log at DEBUG, which is
 where websockets would print frame contents.
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     from ..core.meeting import Participant
     from .hub import Hub, Room
 
-__all__ = ["WS_PATH", "RelayConnection", "binary_message"]
+__all__ = ["WS_PATH", "Outbox", "RelayConnection", "binary_message"]
 
 WS_PATH = "/v1/ws"
 
@@ -83,6 +86,36 @@ def _close_reason(reason: str) -> str:
     return encoded.decode(errors="ignore")
 
 
+class Outbox:
+    """Connections with frames waiting for the end of this event-loop turn.
+
+    The first frame a connection gets in a turn enlists it; one callback at the
+    end of the turn (``call_soon`` runs after the turn's I/O callbacks) writes
+    each enlisted connection's frames as one buffer. Latency added: none beyond
+    the rest of the current turn, which the frames would wait for anyway.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[RelayConnection] = []
+        self._scheduled = False
+
+    def enlist(self, conn: RelayConnection) -> None:
+        """``conn`` has its first pending frame of this turn."""
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every enlisted connection's pending frames."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush_pending()
+
+
 class RelayConnection(asyncio.Protocol):
     """A participant connection from TLS accept to close."""
 
@@ -93,6 +126,8 @@ class RelayConnection(asyncio.Protocol):
         "_fragments",
         "_join_task",
         "_join_timer",
+        "_pending",
+        "_pending_bytes",
         "_pump_timer",
         "bulk_limit",
         "hub",
@@ -122,6 +157,8 @@ class RelayConnection(asyncio.Protocol):
         self.bulk_limit = bulk_limit
         self._bulk: deque[bytes] = deque()
         self._bulk_bytes = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._pump_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
@@ -174,6 +211,8 @@ class RelayConnection(asyncio.Protocol):
         self._join_timer = self._close_timer = self._pump_timer = None
         self._bulk.clear()
         self._bulk_bytes = 0
+        self._pending.clear()
+        self._pending_bytes = 0
         if (
             self._join_task is not None
             and not self._join_task.done()
@@ -294,26 +333,46 @@ class RelayConnection(asyncio.Protocol):
         return sent is not None and not is_transient(sent.code)
 
     def buffered(self) -> int:
-        """Bytes written to this connection and not yet sent."""
+        """Bytes written to this connection and not yet sent (this turn's frames included)."""
         transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        if transport is None:
+            return 0
+        return transport.get_write_buffer_size() + self._pending_bytes
 
     def write_frame(self, message: bytes) -> bool:
         """Queue one pre-framed message (:func:`binary_message`); never blocks.
 
-        Returns whether it was written (not if the connection is closing).
+        The frame leaves at the end of this event-loop turn, together with any
+        other frame this receiver gets in the same turn (see :class:`Outbox`).
+        Returns whether it was queued (not if the connection is closing).
         """
-        transport = self.transport
-        if transport is None or self.proto.state is not State.OPEN:
+        if self.transport is None or self.proto.state is not State.OPEN:
             return False
-        transport.write(message)
-        if transport.get_write_buffer_size() > self.write_limit:
+        if not self._pending:
+            self.hub.outbox.enlist(self)
+        self._pending.append(message)
+        self._pending_bytes += len(message)
+        return True
+
+    def flush_pending(self) -> None:
+        """Write this turn's frames as one buffer: one TLS record, one syscall."""
+        pending = self._pending
+        if not pending:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            pending.clear()
+            self._pending_bytes = 0
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
+        self._pending_bytes = 0
+        if transport.get_write_buffer_size() > self.write_limit and self.proto.state is State.OPEN:
             # The close frame queues behind the backlog; a receiver that does not
             # read it within a second is cut off without waiting for the handshake.
             self.close(
                 CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
             )
-        return True
 
     def write_bulk(self, message: bytes) -> bool:
         """Queue a document frame: reliable, in order, and paced by the socket.
@@ -329,7 +388,7 @@ class RelayConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.proto.state is not State.OPEN:
             return False
-        if not self._bulk and transport.get_write_buffer_size() < _BULK_HIGH:
+        if not self._bulk and self.buffered() < _BULK_HIGH:
             return self.write_frame(message)
         self._bulk.append(message)
         self._bulk_bytes += len(message)
@@ -357,6 +416,7 @@ class RelayConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.proto.state is not State.OPEN:
             return
+        self.flush_pending()  # frames queued this turn go first: order within a kind holds
         bulk = self._bulk
         while bulk and transport.get_write_buffer_size() < _BULK_HIGH:
             message = bulk.popleft()
@@ -394,7 +454,12 @@ class RelayConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        for data in self.proto.data_to_send():
+        data_to_send = self.proto.data_to_send()
+        if not data_to_send:
+            return
+        # Pongs and close frames go after the frames already queued, never before.
+        self.flush_pending()
+        for data in data_to_send:
             if data:
                 transport.write(data)
             else:

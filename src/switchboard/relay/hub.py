@@ -53,7 +53,7 @@ from ..core.wire import Kind, Media
 from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
 from ..ledger import Ledger
 from ..store import Redemption, Store, StoredRecord
-from .connection import RelayConnection, binary_message
+from .connection import Outbox, RelayConnection, binary_message
 
 __all__ = ["DropPolicy", "Hub", "Room"]
 
@@ -157,6 +157,8 @@ class Hub:
         self.drop = drop or DropPolicy()
         self.rooms: dict[str, Room] = {}
         self.connections: set[RelayConnection] = set()
+        self.outbox = Outbox()
+        """Frames switched in this event-loop turn, written per receiver at its end."""
         self._resume: dict[bytes, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
