@@ -11,12 +11,14 @@ the room. Peers that speak their own protocol (socket.io, NATS) bring a codec.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from switchboard.bench.runner import Target, free_port
 from switchboard.relay.tls import ensure_local_ca
@@ -79,7 +81,15 @@ async def start_process(
         if not line:
             raise RuntimeError(f"{command[0]} did not start: {''.join(seen)[-2000:]}")
         seen.append(line)
+    # Keep reading its log, so a chatty peer never blocks on a full pipe.
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return process
+
+
+def _drain(stream: IO[str]) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for _ in stream:
+            pass
 
 
 async def start_python_peer(module: str, workdir: Path, cpus: Sequence[int]) -> PeerTarget:

@@ -87,6 +87,10 @@ class Settings:
     socket_send_buffer: int = 128 * 1024
     """Kernel send buffer per participant socket (0: the kernel's autotuning). Small keeps
     a slow receiver's backlog where the drop policy sees it."""
+    tls_transport: str = "aiofastnet"
+    """The relay listener's TLS transport: ``aiofastnet`` (OpenSSL driven from Cython,
+    measured cheaper per frame) or ``asyncio`` (the event loop's own). Same TLS context,
+    versions and ciphers either way."""
     reconnect_grace: float = 30.0
     """Seconds a dropped participant keeps its seat and role; 0 ends it at once."""
     drop_video_bytes: int = 256 * 1024
@@ -293,6 +297,8 @@ class Settings:
             )
         if self.self_signup and not self.verification_hook:
             raise ConfigError("self_signup needs a verification_hook command to send the mail")
+        if self.tls_transport not in ("aiofastnet", "asyncio"):
+            raise ConfigError("tls_transport must be aiofastnet or asyncio")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         if self.client_ip_logging not in ("full", "truncated", "none"):

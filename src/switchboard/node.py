@@ -211,6 +211,7 @@ class Node:
             write_limit=s.write_buffer_limit,
             send_buffer=s.socket_send_buffer,
             bulk_limit=s.max_document_bytes + s.write_buffer_limit,
+            transport=s.tls_transport,
         )
         passwords = Passwords(concurrency=s.password_hash_concurrency)
         # Unknown emails are checked against a dummy hash; make it now, so the

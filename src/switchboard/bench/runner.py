@@ -61,13 +61,19 @@ class ServerStats:
 
     def cpu_seconds(self) -> float | None:
         """User plus system CPU time the process has used so far."""
+        split = self.cpu_split()
+        return None if split is None else split[0] + split[1]
+
+    def cpu_split(self) -> tuple[float, float] | None:
+        """User and system (kernel: TCP, TLS syscalls) CPU seconds so far."""
         if self.pid is None:
             return None
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / ticks, int(fields[12]) / ticks
 
     def memory_kib(self, field: str = "VmRSS") -> int | None:
         """Resident memory now (``VmRSS``) or at its peak (``VmHWM``), in KiB."""
@@ -450,14 +456,19 @@ async def _measure(
     *,
     slow: bool = True,
 ) -> dict[str, Any]:
-    cpu0 = stats.cpu_seconds()
+    split0 = stats.cpu_split()
     watcher = asyncio.create_task(progress.watch(stats, seconds))
     results = await generator.run(seconds, drain, active, slow=slow)
-    cpu1 = stats.cpu_seconds()
+    split1 = stats.cpu_split()
     watcher.cancel()
-    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    # the drain (and the 0.5 s lead-in) had no load: CPU in them is the idle cost, kept in
-    return _window(results, cpu, seconds)
+    # The drain (and the 0.5 s lead-in) had no load: CPU in them is the idle cost, kept in.
+    if split0 is None or split1 is None:
+        return _window(results, None, seconds)
+    figures = _window(results, sum(split1) - sum(split0), seconds)
+    figures["server_sys_share"] = round(
+        (split1[1] - split0[1]) / max(1e-9, sum(split1) - sum(split0)), 3
+    )
+    return figures
 
 
 async def run_scenario(
