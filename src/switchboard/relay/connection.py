@@ -178,12 +178,16 @@ class RelayConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         # Flow control for the bulk queue: resume_writing() pumps it.
         self.transport.set_write_buffer_limits(high=_BULK_HIGH, low=_BULK_HIGH // 2)
-        if self.send_buffer:
-            # A small kernel send buffer keeps the backlog in our buffer, where
-            # the drop policy sees it, instead of megabytes of autotuned kernel
-            # buffer that would only add latency.
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Frames leave as soon as a turn ends: never held back by Nagle's
+            # algorithm waiting for the receiver's (delayed) ACK. Not every TLS
+            # transport sets this for accepted sockets, so the relay does.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.send_buffer:
+                # A small kernel send buffer keeps the backlog in our buffer, where
+                # the drop policy sees it, instead of megabytes of autotuned kernel
+                # buffer that would only add latency.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         self.hub.connected(self)
         log.debug("connection accepted connections=%d", len(self.hub.connections))
