@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import uvloop
 
 from switchboard.bench import SCENARIOS
 from switchboard.bench.report import markdown, write
-from switchboard.bench.runner import Target, run_scenario, start_switchboard
+from switchboard.bench.runner import Target, cpu_plan, run_scenario, start_switchboard
 
 RESULTS = Path(__file__).parent / "results"
 RELAYS = ("ref", "switchboard", "naive", "broadcast", "socketio", "node", "nats")
@@ -38,14 +37,6 @@ async def start(relay: str, workdir: Path, cpus: list[int]) -> Target:
     module = importlib.import_module(f"benchmarks.peers.{relay}")
     target: Target = await module.start(workdir, cpus)
     return target
-
-
-def cpu_plan(workers: int | None) -> tuple[list[int], list[int], int]:
-    """Server CPUs, generator CPUs and worker count for this machine."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < 2:
-        return [], [], workers or 1
-    return cpus[:1], cpus[1:], workers or max(1, len(cpus) - 1)
 
 
 async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ It reads settings once (file, environment, flags), then runs one command:
 * ``apikey create --scope cdr:read``: make an API key, printed once.
 * ``cdr export --format jsonl|csv``: write call records to stdout.
 * ``demo``: a whole meeting on a throwaway relay, ending in its record.
+* ``bench``: the load generator, against a relay of its own or a deployment.
 
 Exit status: 0 success, 1 failure, 2 bad usage or configuration.
 """
@@ -17,16 +18,20 @@ import argparse
 import asyncio
 import csv
 import getpass
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from . import __version__, logs
+from .bench.scenarios import SCENARIOS  # plain data: imports none of the bench extra
 from .clock import Clock
 from .config import Settings
 from .core import tokens
@@ -40,6 +45,8 @@ __all__ = ["main", "run_async"]
 log = logging.getLogger("switchboard")
 
 SCOPES = ("cdr:read", "meetings:write")
+BENCH_EXTRA = "switchboard bench needs the bench extra: pip install 'switchboard[bench]'"
+_BENCH_MODULES = ("picows", "hdrh", "numpy")
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -369,6 +376,125 @@ async def _cdr_export(settings: Settings, fmt: str, after: int, out: TextIO) -> 
     return await _with_store(settings, run)
 
 
+# bench
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    """Refuse a ``bench`` command line that cannot run, before anything starts."""
+    if args.scale <= 0:
+        raise ConfigError("--scale must be positive")
+    if args.seconds is not None and args.seconds <= 0:
+        raise ConfigError("--seconds must be positive")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.target is None:
+        alone = [
+            flag
+            for flag, value in (("--api", args.api), ("--api-key", args.api_key), ("--ca", args.ca))
+            if value is not None
+        ]
+        if alone:
+            raise ConfigError(f"{', '.join(alone)} only go with --target")
+        return
+    relay = urlsplit(args.target)
+    if relay.scheme != "wss" or not relay.netloc:
+        raise ConfigError(
+            f"--target must be the relay's wss:// URL (TLS), e.g. wss://HOST:8443/v1/ws;"
+            f" got {args.target!r}"
+        )
+    if not args.api or not args.api_key:
+        raise ConfigError(
+            "--target needs --api https://HOST:PORT and --api-key KEY (scope meetings:write)"
+        )
+    api = urlsplit(args.api)
+    if api.scheme != "https" or not api.netloc:
+        raise ConfigError(f"--api must be the API's https:// URL, got {args.api!r}")
+    if args.ca is not None and not args.ca.is_file():
+        raise ConfigError(f"--ca: no such file {args.ca}")
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - not Linux
+
+
+async def _bench_one(
+    args: argparse.Namespace, name: str, workers: int, plan: tuple[list[int], list[int]]
+) -> dict[str, Any]:
+    """One scenario against the deployment, or against a fresh relay of our own."""
+    from .bench.runner import SwitchboardTarget, run_scenario, start_switchboard
+
+    scenario = SCENARIOS[name].scaled(args.scale, args.seconds)
+    server_cpus, generator_cpus = plan
+    if args.target is not None:
+        target = SwitchboardTarget(args.target, args.api, args.api_key, args.ca)
+        try:
+            return await run_scenario(target, scenario, workers=workers, cpus=generator_cpus)
+        finally:
+            await target.stop()
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        target = await start_switchboard(Path(tmp), cpus=server_cpus)
+        try:
+            return await run_scenario(target, scenario, workers=workers, cpus=generator_cpus)
+        finally:
+            await target.stop()
+
+
+async def _bench(args: argparse.Namespace, out: TextIO) -> int:
+    _check_bench(args)
+    try:
+        for module in _BENCH_MODULES:
+            importlib.import_module(module)
+        from .bench import report
+        from .bench.runner import cpu_plan
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _BENCH_MODULES:
+            raise
+        print(BENCH_EXTRA, file=sys.stderr)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {args.out}: {exc.strerror}") from None
+    names: Sequence[str] = list(dict.fromkeys(args.scenario or SCENARIOS))
+    if args.target is None:
+        # The relay on one CPU, the generator on the others, as benchmarks/run.py does.
+        server_cpus, generator_cpus, workers = cpu_plan(args.workers)
+    else:
+        # The relay is someone else's: every CPU here is the generator's.
+        server_cpus, generator_cpus, workers = [], [], args.workers or _usable_cpus()
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for name in names:
+        try:
+            rows.append(await _bench_one(args, name, workers, (server_cpus, generator_cpus)))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            print(f"switchboard: bench {name} failed: {reason}", file=sys.stderr)
+            failed.append(f"{name}: {reason}"[:300])
+    settings = {
+        "target": args.target or "a switchboard of its own per scenario (embedded defaults)",
+        "api": args.api,
+        "scale": args.scale,
+        "seconds": args.seconds,
+        "workers": workers,
+        "server_cpus": server_cpus,
+        "generator_cpus": generator_cpus,
+        "failed_scenarios": failed,
+        "scenarios": {name: SCENARIOS[name].description for name in names},
+    }
+    try:
+        json_path, md_path = report.write(args.out, rows, settings)
+    except OSError as exc:
+        print(f"switchboard: cannot write the results to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    out.write(report.markdown(rows))
+    out.flush()
+    print(f"results written: {json_path} and {md_path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # argument parsing
 
 
@@ -437,6 +563,65 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("demo", parents=[common], help="run a whole meeting on a throwaway relay")
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure a relay under load: CPU per delivery, latency, delivery",
+        description=(
+            "Drive real meetings (created through the API, joined with invitations over TLS) "
+            "and report server CPU per delivered frame, deliveries per second, one-way latency "
+            "percentiles and delivery. Without --target it starts a switchboard of its own "
+            "(embedded defaults, a temporary directory, a fresh one per scenario), pinned to "
+            "one CPU with the generator on the others. With --target it drives a deployment: "
+            "--api-key must be an API key with scope meetings:write bound to a host "
+            "(switchboard apikey create --scope meetings:write --host EMAIL); the meetings it "
+            "creates are ended when each scenario ends, and the server's CPU and memory are "
+            "not measured. Progress goes to standard error, the results table to standard "
+            "output, JSON and Markdown files to --out. Needs the bench extra."
+        ),
+    )
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=tuple(SCENARIOS),
+        help="a load shape to run; repeat for several (default: all, in this order)",
+    )
+    bench.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="fraction of each scenario's meetings (the webinar's: participants; default 1)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help="seconds measured per scenario, per ramp step (default: the scenario's, 10 or 5)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="generator processes (default: one per CPU left to the generator)",
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        metavar="DIR",
+        help="directory for the JSON and Markdown results (default ./bench-results)",
+    )
+    bench.add_argument(
+        "--target", metavar="WSS_URL", help="a deployment's relay, wss://HOST:PORT/v1/ws"
+    )
+    bench.add_argument("--api", metavar="HTTPS_URL", help="its API, https://HOST:PORT")
+    bench.add_argument(
+        "--api-key", metavar="KEY", help="an API key with scope meetings:write bound to a host"
+    )
+    bench.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA that signs its certificate (default: system)"
+    )
     return parser
 
 
@@ -444,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``switchboard`` command."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "bench":  # no settings: it measures a relay, it does not run one
+            return run_async(_bench(args, sys.stdout))
         settings = _settings(args)
         logs.setup(
             settings.log_level, fmt=settings.log_format, client_ip=settings.client_ip_logging

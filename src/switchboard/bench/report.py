@@ -75,8 +75,8 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for scenario, costs in by.items():
         ours = costs.get("switchboard")
-        if not ours:
-            continue
+        if not ours or len(costs) < 2:
+            continue  # a ratio needs a peer measured in the same run
         entry: dict[str, Any] = {"scenario": scenario}
         if "ref" in costs:
             entry["efficiency"] = round(costs["ref"] / ours, 3)

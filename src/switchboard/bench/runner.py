@@ -35,6 +35,7 @@ __all__ = [
     "ServerStats",
     "SwitchboardTarget",
     "Target",
+    "cpu_plan",
     "free_port",
     "latency_figures",
     "run_scenario",
@@ -51,6 +52,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_plan(workers: int | None) -> tuple[list[int], list[int], int]:
+    """Server CPUs, generator CPUs and worker count for this machine.
+
+    With two CPUs or more the relay gets the first one and the generator's
+    workers the rest (one worker per CPU unless ``workers`` says otherwise), so
+    the relay's CPU figures are its own and the generator cannot steal from
+    it. With one CPU nothing is pinned.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return [], [], workers or 1
+    return cpus[:1], cpus[1:], workers or max(1, len(cpus) - 1)
 
 
 class ServerStats:
@@ -194,8 +209,10 @@ async def start_switchboard(
     participant cap (a 501-seat webinar) and the connection cap.
     """
     data = workdir / "switchboard"
+    # Never the caller's SWITCHBOARD_* settings: on an operator's machine they
+    # could point the throwaway relay at a real database, webhook or host name.
     environment = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
         "SWITCHBOARD_MAX_PARTICIPANTS": "1000",
         "SWITCHBOARD_MAX_CONNECTIONS": "20000",
         "SWITCHBOARD_LOG_LEVEL": "warning",
@@ -226,13 +243,19 @@ async def start_switchboard(
     )
     stdout = process.stdout
     assert stdout is not None
-    while "trust this CA" not in (line := await asyncio.to_thread(stdout.readline)):
-        if not line:
-            raise RuntimeError("switchboard did not start")
-    ca = data / "tls" / "ca.pem"
-    api_url = f"https://localhost:{api_port}"
-    async with ApiClient(api_url, ca_file=ca) as api:
-        token = (await api.sign_in(email, password))["token"]
+    try:
+        while "trust this CA" not in (line := await asyncio.to_thread(stdout.readline)):
+            if not line:
+                raise RuntimeError("switchboard did not start")
+        ca = data / "tls" / "ca.pem"
+        api_url = f"https://localhost:{api_port}"
+        async with ApiClient(api_url, ca_file=ca) as api:
+            token = (await api.sign_in(email, password))["token"]
+    except BaseException:
+        process.kill()
+        await asyncio.to_thread(process.wait)
+        stdout.close()
+        raise
     return SwitchboardTarget(
         f"wss://localhost:{relay_port}/v1/ws", api_url, token, ca, process=process, workdir=workdir
     )
@@ -421,9 +444,13 @@ class _Progress:
         self.stream = stream
 
     def say(self, text: str, end: str = "\n") -> None:
-        if self.stream is not None:
+        if self.stream is None:
+            return
+        if self.stream.isatty():  # redraw in place; a log gets plain lines
             self.stream.write(f"\r[{self.label}] {text}\x1b[K{end}")
-            self.stream.flush()
+        elif end:
+            self.stream.write(f"[{self.label}] {text}{end}")
+        self.stream.flush()
 
     async def watch(self, stats: ServerStats, seconds: float) -> None:
         if self.stream is None:
@@ -587,7 +614,11 @@ async def _ramp(
     window["meetings"] = half
     result["half_capacity"] = window
     result.update(
-        {k: v for k, v in window.items() if k.startswith(("latency_ms_", "server_cpu_us"))}
+        {
+            k: v
+            for k, v in window.items()
+            if k.startswith(("latency_ms_", "server_cpu_", "server_sys"))
+        }
     )
     result["deliveries_per_s"] = window["deliveries_per_s"]
     result["delivery_ratio"] = window["delivery_ratio"]

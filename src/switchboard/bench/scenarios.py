@@ -52,7 +52,8 @@ class Scenario:
     description: str = ""
 
     def scaled(self, scale: float, seconds: float | None = None) -> Scenario:
-        """The same shape with ``scale`` times the meetings (participants for webinar/idle)."""
+        """The same shape with ``scale`` times the meetings (the attendees, for one-meeting
+        shapes such as the webinar)."""
         meetings, participants = self.meetings, self.participants
         if meetings == 1:
             participants = max(2, round(participants * scale))

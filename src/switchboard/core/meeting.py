@@ -107,6 +107,9 @@ class Route:
     target: int | None = None
 
 
+_TO_EVERYONE = Route(Audience.EVERYONE)
+
+
 # Events a control request produces; the relay turns them into frames and closes.
 
 
@@ -330,7 +333,7 @@ class Meeting:
             return self._route_poll(sender, frame, audience)
         if kind is Kind.DOCUMENT:
             self._account_document(sender, frame, nbytes)
-        return Route(audience, to)
+        return _TO_EVERYONE if to is None and audience is Audience.EVERYONE else Route(audience, to)
 
     def _route_media(self, sender: Participant, frame: ClientFrame) -> Route | None:
         track, media = frame.fields["track"], frame.fields["m"]
@@ -339,9 +342,9 @@ class Meeting:
             raise FrameError(f"track {track} is not published", code="track_not_published")
         if published != media:
             raise FrameError(f"track {track} carries {published.name.lower()}", code="bad_field")
-        if (sender.pid, track) in self.muted:
+        if self.muted and (sender.pid, track) in self.muted:
             return None
-        return Route(Audience.EVERYONE)
+        return _TO_EVERYONE
 
     def _route_poll(self, sender: Participant, frame: ClientFrame, audience: Audience) -> Route:
         poll, op = frame.fields["poll"], frame.op

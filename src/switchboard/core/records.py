@@ -52,13 +52,17 @@ GENESIS_HASH = "0" * 64
 FEATURES: tuple[str, ...] = ("chat", "poll", "document", "audio", "video", "screen")
 """Features a record can report: the data kinds, with media split by type."""
 
-_MEDIA_FEATURES = {Media.AUDIO: "audio", Media.VIDEO: "video", Media.SCREEN: "screen"}
+_MEDIA_FEATURES: dict[int, str] = {
+    Media.AUDIO: "audio",
+    Media.VIDEO: "video",
+    Media.SCREEN: "screen",
+}
 
 
 def feature_of(kind: Kind, media: int | None = None) -> str:
     """The record feature a frame counts towards."""
     if kind is Kind.MEDIA:
-        return _MEDIA_FEATURES[Media(media if media is not None else 0)]
+        return _MEDIA_FEATURES[media if media is not None else Media.AUDIO]  # int finds IntEnum
     return kind.name.lower()
 
 

@@ -144,7 +144,7 @@ def action_of(frame: ClientFrame) -> Action:
     if kind is Kind.CHAT:
         return Action.CHAT
     if kind is Kind.MEDIA:
-        return _MEDIA_ACTIONS[Media(frame.fields["m"])]
+        return _MEDIA_ACTIONS[frame.fields["m"]]  # IntEnum keys: an int finds its member
     if kind is Kind.POLL:
         return _POLL_ACTIONS[frame.op or ""]
     if kind is Kind.DOCUMENT:

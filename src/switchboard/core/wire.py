@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -84,6 +84,7 @@ class Media(enum.IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+_KIND_BY_NUMBER: tuple[Kind, ...] = tuple(sorted(Kind))
 _MEDIA = frozenset(int(m) for m in Media)
 
 POLL_OPS = frozenset({"open", "answer", "results", "close"})
@@ -118,21 +119,21 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _ROLES = frozenset({"host", "presenter", "attendee", "support"})
 
 
-@dataclass(frozen=True, slots=True)
-class ClientFrame:
+class ClientFrame(NamedTuple):
     """A client frame as the relay sees it: routing fields and where the payload starts.
 
     ``fields`` holds the validated kind-specific header fields: for data kinds
     exactly what the relay forwards (poll id, document id and chunk number,
     media track, sequence, keyframe flag, timestamp); for control frames the
-    operation's parameters.
+    operation's parameters. A named tuple, not a dataclass: one is made per
+    inbound frame, and a tuple is the cheapest immutable record to make.
     """
 
     kind: Kind
     to: int | None
     payload_offset: int
     op: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    fields: Mapping[str, Any] = _EMPTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,18 @@ def _document(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
 
 
 def _media(header: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    track, m, seq, key = header.get("track"), header.get("m"), header.get("seq"), header.get("key")
+    if (  # the common case, every field present and in range, checked at once
+        type(track) is int
+        and 0 <= track <= _U16
+        and type(m) is int
+        and m in _MEDIA
+        and type(seq) is int
+        and 0 <= seq <= _U32
+        and type(key) is bool
+        and "ts" not in header
+    ):
+        return None, {"track": track, "m": m, "seq": seq, "key": key}
     fields: dict[str, Any] = {
         "track": _uint(header, "track", _U16, required=True),
         "m": _media_type(header),
@@ -310,7 +323,7 @@ def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
     to = header.get("to")
     if to is not None and (type(to) is not int or not 0 <= to <= _U32):
         raise FrameError("'to' must be a participant id (integer)", code="bad_recipient")
-    k = Kind(kind)
+    k = _KIND_BY_NUMBER[kind]
     parser = _PARSERS.get(k)
     if parser is None:
         return ClientFrame(k, to, offset)

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import ssl
 
-from .connection import WS_PATH, RelayConnection
+from .connection import WS_PATH, BufferedRelayConnection, RelayConnection
 from .hub import Hub, Room
 
 __all__ = ["WS_PATH", "Hub", "RelayConnection", "Room", "start_relay"]
@@ -27,20 +27,23 @@ async def start_relay(
     write_limit: int,
     send_buffer: int = 0,
     bulk_limit: int = 128 << 20,
-    transport: str = "aiofastnet",
+    transport: str = "asyncio",
 ) -> asyncio.Server:
     """Serve meeting clients on ``sock`` over TLS; every connection goes to ``hub``.
 
-    ``transport`` picks who drives TLS: ``aiofastnet`` (a Cython transport that
-    calls OpenSSL directly, with fewer copies and calls per record than the
-    loop's own SSL protocol; the benchmarks measure the difference) or
-    ``asyncio`` (the loop's). Both serve the same :class:`ssl.SSLContext`, so
-    versions, ciphers and certificate reloads are the same.
+    ``transport`` picks who drives TLS: ``asyncio`` (the loop's own SSL
+    protocol) or ``aiofastnet`` (a Cython transport that calls OpenSSL
+    directly, with fewer copies and calls per record; measured cheaper, but
+    experimental: about one TLS handshake in a few thousand was seen to stall
+    with it). Both serve the same :class:`ssl.SSLContext`, so versions,
+    ciphers and certificate reloads are the same.
     """
     loop = asyncio.get_running_loop()
 
+    kind = BufferedRelayConnection if transport == "aiofastnet" else RelayConnection
+
     def factory() -> RelayConnection:
-        return RelayConnection(
+        return kind(
             hub,
             max_size=max_size,
             join_timeout=join_timeout,

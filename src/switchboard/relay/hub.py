@@ -525,19 +525,29 @@ class Hub:
         threshold = self.drop.threshold(media)
         deliveries = dropped = 0
         ask_keyframe = False
+        # The per-receiver loop is the relay's innermost loop: attribute reads
+        # instead of calls where the meaning is the same (see RelayConnection).
         for pid, other in room.conns.items():
-            if pid == me:
+            if pid == me or not other.open:
                 continue
             receiver = other.participant
-            if receiver is None or not receiver.wants(me, track, media):
+            if receiver is None:
                 continue
+            if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(
+                me, track, media
+            ):
+                continue
+            transport = other.transport
+            backlog = other.pending_bytes + (
+                transport.get_write_buffer_size() if transport is not None else 0
+            )
             waiting = receiver.awaiting_key
-            if keyed and stream in waiting:
-                if not key or other.buffered() > threshold:
+            if keyed and waiting and stream in waiting:
+                if not key or backlog > threshold:
                     dropped += 1
                     continue
                 waiting.discard(stream)
-            elif other.buffered() > threshold:
+            elif backlog > threshold:
                 dropped += 1
                 if keyed:
                     waiting.add(stream)
