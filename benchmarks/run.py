@@ -26,7 +26,16 @@ from switchboard.bench.report import markdown, write
 from switchboard.bench.runner import Target, cpu_plan, run_scenario, start_switchboard
 
 RESULTS = Path(__file__).parent / "results"
-RELAYS = ("ref", "switchboard", "naive", "broadcast", "socketio", "node", "nats")
+RELAYS = (
+    "ref",
+    "switchboard",
+    "switchboard-fastnet",
+    "naive",
+    "broadcast",
+    "socketio",
+    "node",
+    "nats",
+)
 ORDER = ("chat", "audio", "video", "webinar", "slow", "idle", "ramp")
 
 
@@ -34,9 +43,15 @@ async def start(relay: str, workdir: Path, cpus: list[int]) -> Target:
     """Start ``relay`` for one scenario."""
     if relay == "switchboard":
         return await start_switchboard(workdir, cpus=cpus)
+    if relay == "switchboard-fastnet":  # the experimental TLS transport, same relay otherwise
+        target = await start_switchboard(
+            workdir, cpus=cpus, env={"SWITCHBOARD_TLS_TRANSPORT": "aiofastnet"}
+        )
+        target.name = relay
+        return target
     module = importlib.import_module(f"benchmarks.peers.{relay}")
-    target: Target = await module.start(workdir, cpus)
-    return target
+    peer: Target = await module.start(workdir, cpus)
+    return peer
 
 
 async def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -113,9 +113,33 @@ def _banner(node: Any) -> str:
     return "\n".join(lines)
 
 
+def _raise_open_files_limit(wanted: int) -> None:
+    """Every participant is a socket: lift the soft open-files limit toward ``wanted``.
+
+    Many systems start processes at a soft limit of 1024, which would refuse
+    participants long before ``max_connections``; the hard limit is the
+    operator's to set (``LimitNOFILE=`` in the systemd unit).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files limited to %d, below max_connections + 256 = %d; raise LimitNOFILE",
+            target,
+            wanted,
+        )
+
+
 async def _serve(settings: Settings) -> int:
     from .node import Node
 
+    _raise_open_files_limit(settings.max_connections + 256)
     node = Node(settings)
     await node.start()
     print(_banner(node), flush=True)

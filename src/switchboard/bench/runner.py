@@ -506,8 +506,8 @@ async def run_scenario(
     cpus: Sequence[int] = (),
     drain: float = 1.0,
     progress: TextIO | None = sys.stderr,
-    ramp_steps: int = 12,
-    ramp_growth: float = 1.3,
+    ramp_steps: int = 10,
+    ramp_growth: float = 1.4,
 ) -> dict[str, Any]:
     """Run ``scenario`` against ``target``; return its figures (one flat dict, plus steps)."""
     label = f"{scenario.name}/{target.name}"
