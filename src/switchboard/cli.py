@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import getpass
 import importlib
 import json
@@ -142,6 +143,11 @@ async def _serve(settings: Settings) -> int:
     _raise_open_files_limit(settings.max_connections + 256)
     node = Node(settings)
     await node.start()
+    # Everything loaded so far lives as long as the process: keep it out of the
+    # collector's way, so a full collection never walks the framework's objects
+    # in the middle of switching.
+    gc.collect()
+    gc.freeze()
     print(_banner(node), flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

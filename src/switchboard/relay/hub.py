@@ -60,6 +60,10 @@ __all__ = ["DropPolicy", "Hub", "Room"]
 log = logging.getLogger("switchboard.relay")
 
 
+_KEEPALIVE_TICK = 0.05
+"""Seconds between keepalive slices (each pings a share of the connections)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DropPolicy:
     """Buffered bytes at which media to one receiver is dropped: video, then screen, audio."""
@@ -210,14 +214,25 @@ class Hub:
             await self.ledger.replay(self.clock.wall())
 
     async def _keepalive_loop(self) -> None:
+        # One round per interval, spread over it in slices: pinging thousands of
+        # connections in one callback would stall switching for tens of ms.
         while True:
-            await asyncio.sleep(self.ping_interval)
-            deadline = self.clock.mono() - 2 * self.ping_interval
-            for conn in list(self.connections):
-                if conn.last_rx < deadline:
-                    conn.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
-                else:
-                    conn.ping()
+            round_ = list(self.connections)
+            if not round_:
+                await asyncio.sleep(self.ping_interval)
+                continue
+            slices = max(1, min(len(round_), int(self.ping_interval / _KEEPALIVE_TICK)))
+            size = -(-len(round_) // slices)
+            for first in range(0, slices * size, size or 1):
+                await asyncio.sleep(self.ping_interval / slices)
+                deadline = self.clock.mono() - 2 * self.ping_interval
+                for conn in round_[first : first + size]:
+                    if conn.transport is None:
+                        continue  # gone since the round began
+                    if conn.last_rx < deadline:
+                        conn.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
+                    else:
+                        conn.ping()
 
     async def shutdown(self) -> None:
         """End every live meeting (record committed), then close every connection."""
