@@ -102,3 +102,28 @@ async def test_frames_coalesced_into_one_write_arrive_whole_and_in_order(
         for person in people:
             await person.leave()
         await host.api.close()
+
+
+async def test_a_participant_joins_a_meeting_whose_roster_outgrows_a_client_header(
+    tmp_path: Path,
+) -> None:
+    async with Node(make_settings(tmp_path / "var")) as node:
+        host = await signed_in_host(node)
+        meeting = await host.meeting()
+        token = await host.invite(meeting, "attendee", max_uses=60)
+        people = [
+            await Participant.join(
+                node.relay_url,
+                token,
+                name=f"attendee number {i}",
+                ca_file=node.ca_file,
+                timeout=TIMEOUT,
+            )
+            for i in range(60)
+        ]
+        last = people[-1]
+        assert set(last.roster) == {p.pid for p in people}
+        assert last.roster[people[0].pid]["name"] == "attendee number 0"
+        for person in people:
+            await person.leave()
+        await host.api.close()

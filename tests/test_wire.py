@@ -1049,3 +1049,15 @@ def test_arbitrary_bytes_as_join_only_raise_protocol_error(data: bytes) -> None:
         wire.parse_join(data)
     except ProtocolError as exc:
         assert exc.code == "bad_join"
+
+
+def test_relay_frames_may_carry_headers_longer_than_a_client_may() -> None:
+    # A welcome of a large meeting: its roster alone is several KiB.
+    roster = [{"pid": pid, "role": "attendee", "name": f"person {pid}"} for pid in range(600)]
+    header = msgpack.packb({"k": 0, "op": "welcome", "roster": roster})
+    assert len(header) > 8 * wire.MAX_HEADER_BYTES
+    with pytest.raises(FrameError):
+        wire.split_frame(header)
+    decoded, offset = wire.split_frame(header + b"tail", from_relay=True)
+    assert decoded["roster"] == roster
+    assert offset == len(header)

@@ -23,6 +23,7 @@ import msgpack
 
 from ..core import wire
 from ..core.wire import Kind, Media
+from ..errors import FrameError
 
 if TYPE_CHECKING:
     from picows import WSTransport
@@ -115,7 +116,11 @@ class SwitchboardCodec(Codec):
     def on_other(self, link: Link, binary: bool, payload: memoryview) -> None:
         if link.is_joined or not binary:
             return
-        header, _ = wire.split_frame(payload)
+        try:
+            header, _ = wire.split_frame(payload, from_relay=True)
+        except FrameError as exc:
+            link.failed(f"unreadable frame from the relay: {exc.reason}")
+            return
         op = header.get("op")
         if op == "welcome":
             if link.state == 1:

@@ -359,7 +359,7 @@ class Participant:
 
     @staticmethod
     async def _read_header(ws: ClientConnection) -> dict[str, Any]:
-        header, _ = wire.split_frame(await ws.recv(decode=False))
+        header, _ = wire.split_frame(await ws.recv(decode=False), from_relay=True)
         return header
 
     async def __aenter__(self) -> Participant:
@@ -569,7 +569,7 @@ class Participant:
         return event
 
     def _event(self, data: bytes) -> Event | None:
-        header, offset = wire.split_frame(data)
+        header, offset = wire.split_frame(data, from_relay=True)
         kind = header.get("k")
         if kind == Kind.CONTROL:
             return self._control_event(header)

@@ -145,28 +145,34 @@ class JoinRequest:
     resume: bool = False
 
 
-def split_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+def split_frame(
+    data: bytes | bytearray | memoryview, *, from_relay: bool = False
+) -> tuple[dict[str, Any], int]:
     """Decode the header map at the start of ``data``; return it and the payload offset.
 
     Raises :class:`FrameError` when the message does not start with a msgpack map
-    that ends within :data:`MAX_HEADER_BYTES`.
+    that ends within :data:`MAX_HEADER_BYTES`. ``from_relay`` is for clients
+    reading what the relay sends: a welcome or roster of a large meeting is
+    longer than any client header may be, so the map may fill the message
+    (with bounds that still fit a meeting of tens of thousands).
     """
+    limit = len(data) if from_relay else MAX_HEADER_BYTES
     unpacker = msgpack.Unpacker(
-        max_buffer_size=MAX_HEADER_BYTES,
-        max_str_len=MAX_HEADER_BYTES,
-        max_bin_len=MAX_HEADER_BYTES,
-        max_array_len=256,
-        max_map_len=32,
+        max_buffer_size=max(limit, 1),
+        max_str_len=limit,
+        max_bin_len=limit,
+        max_array_len=1 << 16 if from_relay else 256,
+        max_map_len=64 if from_relay else 32,
         max_ext_len=0,
         strict_map_key=True,
         raw=False,
     )
-    unpacker.feed(data[:MAX_HEADER_BYTES])
+    unpacker.feed(data[:limit])
     try:
         header = unpacker.unpack()
     except msgpack.OutOfData:
         raise FrameError(
-            f"header is not a complete msgpack map within {MAX_HEADER_BYTES} bytes",
+            f"header is not a complete msgpack map within {limit} bytes",
             code="malformed_header",
         ) from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
