@@ -610,6 +610,7 @@ async def _ramp(
     result["capacity_server_cpu_pct"] = best["server_cpu_pct"]
     half = max(1, best["meetings"] // 2)
     say.say(f"half capacity: {half} meetings")
+    await asyncio.sleep(3.0)  # the failed step's backlog drains before the next window
     window = await _measure(generator, target.stats, say, scenario.seconds, drain, active=half)
     window["meetings"] = half
     result["half_capacity"] = window
