@@ -139,3 +139,14 @@ def test_latest_json_keeps_the_run_stamp(tmp_path: Path) -> None:
     plot(source, tmp_path)
     assert_png(tmp_path / "20250101T000000Z-latency.png")
     assert not list(tmp_path.glob("latest-*.png"))
+
+
+def test_two_reports_written_in_the_same_second_keep_both(tmp_path: Path) -> None:
+    from switchboard.bench.report import write
+
+    rows = [{"scenario": "audio", "relay": "switchboard", "server_cpu_us_per_delivery": 5.0}]
+    first, _ = write(tmp_path, rows, {})
+    second, _ = write(tmp_path, rows, {})
+    assert first != second
+    assert first.exists()
+    assert second.exists()

@@ -148,7 +148,11 @@ def write(
 ) -> tuple[Path, Path]:
     """Write ``<stamp>.json`` and ``<stamp>.md`` (and ``latest.*``) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while (out / f"{stamp}.json").exists():  # two runs in one second keep both reports
+        n += 1
+        stamp = f"{base}-{n}"
     report = {
         "when": stamp,
         "machine": _machine(),
