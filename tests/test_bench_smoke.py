@@ -182,6 +182,31 @@ async def test_switchboard_bench_drives_a_deployment_with_a_meetings_write_key(
         assert key not in text
 
 
+async def test_switchboard_bench_checks_the_key_once_before_any_scenario(
+    node: Node, tmp_path: Path
+) -> None:
+    assert node.ca_file is not None
+    out = tmp_path / "results"
+    done = await asyncio.to_thread(
+        bench,
+        *TINY,
+        "--scenario", "chat",
+        "--out", str(out),
+        "--target", node.relay_url,
+        "--api", node.api_url,
+        "--api-key", "sbk_not_a_real_key",
+        "--ca", str(node.ca_file),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "the API refused the key (401" in done.stderr
+    assert "meetings:write" in done.stderr
+    assert "sbk_not_a_real_key" not in done.stderr + done.stdout
+    # Refused up front: no scenario ran, no meeting was made, no report written.
+    assert "bench audio failed" not in done.stderr
+    assert not node.hub.rooms
+    assert not out.exists() or not list(out.glob("*.json"))
+
+
 KEY = ["--api-key", "sbk_not_a_real_key"]
 WSS, WS = "wss://localhost:8443/v1/ws", "ws://localhost:8443/v1/ws"
 HTTPS, HTTP = "https://localhost:8444", "http://localhost:8444"

@@ -471,6 +471,28 @@ async def _bench_one(
             await target.stop()
 
 
+async def _target_accepts(args: argparse.Namespace) -> bool:
+    """Ask the deployment's API once, before any scenario: is it there, and is the key good?"""
+    import httpx
+
+    from .client import ApiClient, ApiError
+
+    try:
+        async with ApiClient(args.api, ca_file=args.ca, token=args.api_key, timeout=15) as api:
+            await api.meetings()
+    except ApiError as exc:
+        print(
+            f"switchboard: the API refused the key ({exc.status} {exc.code}): {exc.reason}; "
+            "bench needs a key with the meetings:write scope, bound to a host",
+            file=sys.stderr,
+        )
+        return False
+    except (OSError, httpx.HTTPError) as exc:
+        print(f"switchboard: cannot reach the API at {args.api}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 async def _bench(args: argparse.Namespace, out: TextIO) -> int:
     _check_bench(args)
     try:
@@ -494,6 +516,8 @@ async def _bench(args: argparse.Namespace, out: TextIO) -> int:
     else:
         # The relay is someone else's: every CPU here is the generator's.
         server_cpus, generator_cpus, workers = [], [], args.workers or _usable_cpus()
+    if args.target is not None and not await _target_accepts(args):
+        return 1
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     for name in names:
