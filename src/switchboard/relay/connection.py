@@ -518,11 +518,12 @@ class RelayConnection(asyncio.Protocol):
 class BufferedRelayConnection(RelayConnection):
     """A relay connection that the transport decrypts into a buffer it lends.
 
-    Used with the aiofastnet transport: its buffered read path skips allocating
-    a bytes object per read, and its copying path was seen to leave a request
-    unread after the TLS handshake (about one connection in a few hundred;
-    ``tests/test_relay_transport.py``). The loop's own SSL transport keeps the
-    plain :class:`RelayConnection`, the path it has always been tested on.
+    Used with the aiofastnet transport, whose buffered read path skips
+    allocating a bytes object per read (in a stress test of sequential
+    handshakes from a blocking client it also stalled less often than its
+    copying path; see the note in ``docs/topics/performance.md``). The loop's
+    own SSL transport keeps the plain :class:`RelayConnection`, the path it has
+    always been tested on.
     """
 
     __slots__ = ()
