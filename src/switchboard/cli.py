@@ -38,6 +38,7 @@ from .config import Settings
 from .core import tokens
 from .core.records import COLUMNS, iso_utc
 from .errors import ConfigError, SwitchboardError
+from .osutil import raise_open_files_limit
 from .passwords import MIN_PASSWORD_CHARS, Passwords, is_email
 from .store import Store, open_store
 
@@ -114,33 +115,16 @@ def _banner(node: Any) -> str:
     return "\n".join(lines)
 
 
-def _raise_open_files_limit(wanted: int) -> None:
-    """Every participant is a socket: lift the soft open-files limit toward ``wanted``.
-
-    Many systems start processes at a soft limit of 1024, which would refuse
-    participants long before ``max_connections``; the hard limit is the
-    operator's to set (``LimitNOFILE=`` in the systemd unit).
-    """
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < wanted:
-        log.warning(
-            "open files limited to %d, below max_connections + 256 = %d; raise LimitNOFILE",
-            target,
-            wanted,
-        )
-
-
 async def _serve(settings: Settings) -> int:
     from .node import Node
 
-    _raise_open_files_limit(settings.max_connections + 256)
+    wanted = settings.max_connections + 256
+    if (reached := raise_open_files_limit(wanted)) < wanted:
+        log.warning(
+            "open files limited to %d, below max_connections + 256 = %d; raise LimitNOFILE",
+            reached,
+            wanted,
+        )
     node = Node(settings)
     await node.start()
     # Everything loaded so far lives as long as the process: keep it out of the

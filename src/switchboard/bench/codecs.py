@@ -15,6 +15,7 @@ finding the stamp costs the same for every relay and never parses a header.
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ SendFn = Callable[["WSTransport", int, bool, bytes], None]
 """Send one frame: ``(transport, sequence, keyframe, payload)``."""
 
 
-class Codec:
+class Codec(abc.ABC):
     """One relay protocol, as its clients speak it. Subclasses override what differs.
 
     ``spec`` is what the target told the generator (URLs, CA file, anything the
@@ -65,15 +66,16 @@ class Codec:
         link.joined()
 
     def on_other(self, link: Link, binary: bool, payload: memoryview) -> None:
-        """A message that carries no stamp (welcome, roster, ping, ...)."""
+        """A message that carries no stamp (welcome, roster, ping, ...); ignored by default."""
+        return None
 
     def on_stampless(self, link: Link, payload: memoryview) -> None:
         """A binary message whose end is not a stamp: by default, the same as :meth:`on_other`."""
         self.on_other(link, True, payload)
 
+    @abc.abstractmethod
     def sender(self, meeting: Mapping[str, Any], index: int, stream: int, kind: str) -> SendFn:
         """How participant ``index`` sends frames of its stream number ``stream``."""
-        raise NotImplementedError
 
 
 class RoomCodec(Codec):

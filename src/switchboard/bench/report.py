@@ -90,14 +90,11 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The results (and the ratios) as Markdown tables."""
 
-    def cell(value: Any) -> str:
-        return "-" if value is None else str(value)
-
     lines = [
         "| " + " | ".join(label for _, label in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(cell(row.get(k)) for k, _ in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row.get(k)) for k, _ in COLUMNS) + " |" for row in rows]
     extra = [row for row in rows if row.get("scenario") in ("idle", "ramp", "slow")]
     if extra:
         lines += ["", "| scenario | relay | figure |", "|---|---|---|"]
@@ -110,7 +107,7 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for entry in table:
             values = [entry["scenario"], entry.get("efficiency"), *(entry.get(p) for p in peers)]
-            lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+            lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,10 +134,13 @@ def _special(row: Mapping[str, Any]) -> str:
     )
 
 
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def cell_or(row: Mapping[str, Any], key: str) -> str:
     """One figure of ``row`` as text, a dash when it was not measured."""
-    value = row.get(key)
-    return "-" if value is None else str(value)
+    return _cell(row.get(key))
 
 
 def write(

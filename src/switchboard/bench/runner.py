@@ -20,7 +20,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -642,6 +642,3 @@ def _summary(row: Mapping[str, Any]) -> str:
         if row.get(key) is not None:
             parts.append(f"{row[key]} {label}")
     return ", ".join(parts)
-
-
-Measure = Callable[..., Awaitable[dict[str, Any]]]

@@ -32,6 +32,7 @@ from typing import Any
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..client import tls_context
+from ..osutil import raise_open_files_limit
 from .codecs import MAGIC, STAMP, Codec, SendFn, load_codec
 from .scenarios import Stream
 
@@ -387,12 +388,6 @@ def _small_rcvbuf(url: Any) -> socket.socket:
     return sock
 
 
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def _serve(pipe: Connection, codec: str, spec: Mapping[str, Any]) -> None:
     worker = Worker(codec, spec)
     loop = asyncio.get_running_loop()
@@ -414,7 +409,7 @@ def worker_main(pipe: Connection, codec: str, spec: Mapping[str, Any], cpus: lis
     """Entry point of a worker process (``multiprocessing``, spawn)."""
     import uvloop
 
-    _raise_fd_limit()
+    raise_open_files_limit(1 << 20)  # as many sockets as the hard limit allows
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     with contextlib.suppress(EOFError, KeyboardInterrupt):

@@ -135,7 +135,6 @@ class RelayConnection(asyncio.Protocol):
         "_fragments",
         "_join_task",
         "_join_timer",
-        "_loop",
         "_outbox",
         "_pending",
         "_pump_timer",
@@ -171,7 +170,6 @@ class RelayConnection(asyncio.Protocol):
         self._bulk_bytes = 0
         self._pending: list[bytes] = []
         self._outbox = hub.outbox
-        self._loop = asyncio.get_running_loop()
         self.pending_bytes = 0
         """Bytes of frames queued in this turn, not yet handed to the transport."""
         self.open = False
@@ -379,11 +377,7 @@ class RelayConnection(asyncio.Protocol):
             return False
         pending = self._pending
         if not pending:
-            outbox = self._outbox
-            outbox._dirty.append(self)  # Outbox.enlist, inlined: once per receiver per turn
-            if not outbox._scheduled:
-                outbox._scheduled = True
-                self._loop.call_soon(outbox.flush)
+            self._outbox.enlist(self)  # once per receiver per turn
         pending.append(message)
         self.pending_bytes += len(message)
         return True
