@@ -487,6 +487,8 @@ def _ramp(
     for relay in relays:
         for row in (r for r in ramps if r["relay"] == relay):
             steps = [s for s in row["steps"] if isinstance(s, Mapping)]
+            # Bisection steps come after the failed one: plot by load, not by order.
+            steps.sort(key=lambda s: float(s.get("meetings") or 0))
             kind, x = _step_rates(row, steps)
             kinds.add(kind)
             p99 = [_positive(s.get("latency_ms_p99")) for s in steps]

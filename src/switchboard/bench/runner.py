@@ -567,6 +567,10 @@ async def run_scenario(
     return row
 
 
+_REFINE = 2
+"""Bisection steps between the ramp's last passing and first failing load."""
+
+
 async def _ramp(
     target: Target,
     scenario: Scenario,
@@ -577,18 +581,21 @@ async def _ramp(
     steps: int,
     growth: float,
 ) -> dict[str, Any]:
-    """Grow the load until delivery < 99.9% or p99 > 50 ms; then measure at half capacity."""
+    """Grow the load until delivery < 99.9% or p99 > 50 ms; then measure at half capacity.
+
+    Between the last step that passed and the first that failed, ``_REFINE``
+    more steps bisect the gap, so the capacity is not just the last point of a
+    coarse geometric series.
+    """
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     count = scenario.meetings
-    for _ in range(steps):
-        if count > len(meetings):
-            more = await target.provision(scenario, count - len(meetings))
-            await generator.connect(scenario, more)
-            meetings.extend(more)
+    failed_at: int | None = None
+
+    async def step(count: int, active: int | None = None) -> bool:
         offered = count * scenario.offered_deliveries_per_s / scenario.meetings
         say.say(f"step: {count} meetings, {offered:.0f} deliveries/s offered")
-        window = await _measure(generator, target.stats, say, scenario.seconds, drain)
+        window = await _measure(generator, target.stats, say, scenario.seconds, drain, active)
         window["meetings"] = count
         passed = (window["delivery_ratio"] or 0) >= 0.999 and (
             window["latency_ms_p99"] is not None and window["latency_ms_p99"] <= 50
@@ -596,10 +603,32 @@ async def _ramp(
         window["passed"] = passed
         curve.append(window)
         say.say(_summary(window))
-        if not passed:
+        if passed:
+            nonlocal best
+            if best is None or count > best["meetings"]:
+                best = window
+        return passed
+
+    for _ in range(steps):
+        if count > len(meetings):
+            more = await target.provision(scenario, count - len(meetings))
+            await generator.connect(scenario, more)
+            meetings.extend(more)
+        if not await step(count):
+            failed_at = count
             break
-        best = window
         count = max(count + 1, round(count * growth))
+    if best is not None and failed_at is not None:
+        low, high = best["meetings"], failed_at
+        for _ in range(_REFINE):
+            middle = (low + high) // 2
+            if middle <= low:
+                break
+            await asyncio.sleep(3.0)  # the failed step's backlog drains first
+            if await step(middle, active=middle):
+                low = middle
+            else:
+                high = middle
     result: dict[str, Any] = {"steps": curve}
     if best is None:
         result["capacity_deliveries_per_s"] = 0
