@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 RELAYS = (
     "ref",
     "switchboard",
-    "switchboard-fastnet",
+    "switchboard-asyncio",
     "naive",
     "broadcast",
     "socketio",
@@ -43,9 +43,9 @@ async def start(relay: str, workdir: Path, cpus: list[int]) -> Target:
     """Start ``relay`` for one scenario."""
     if relay == "switchboard":
         return await start_switchboard(workdir, cpus=cpus)
-    if relay == "switchboard-fastnet":  # the experimental TLS transport, same relay otherwise
+    if relay == "switchboard-asyncio":  # the loop's own TLS transport, same relay otherwise
         target = await start_switchboard(
-            workdir, cpus=cpus, env={"SWITCHBOARD_TLS_TRANSPORT": "aiofastnet"}
+            workdir, cpus=cpus, env={"SWITCHBOARD_TLS_TRANSPORT": "asyncio"}
         )
         target.name = relay
         return target

@@ -6,8 +6,9 @@ the Python path (websocket parsing, header decoding, routing, fan-out,
 coalescing) this drives one real node in-process: real joins through a real
 invitation over TLS, then each seated connection's transport is swapped for a
 counting sink, and pre-masked client frames are fed straight to
-``data_received``. What is timed is exactly the relay's Python work for one
-inbound frame and its deliveries.
+``data_received``, one per event-loop turn. What is timed is the relay's
+Python work for one inbound frame and its deliveries, plus one turn of the
+loop (where the outbox writes), as in a quiet relay.
 
     python -m benchmarks.switch_path [--participants 5] [--frames 200000]
 """
@@ -109,12 +110,12 @@ async def main(argv: list[str] | None = None) -> None:
                     fields = {"track": 1, "m": int(media), "seq": seq, "key": seq % 60 == 0}
                     message = wire.encode_data(Kind.MEDIA, None, bytes(size), **fields)
                 frames.append(masked(message))
-            flush = hub.outbox.flush
             receive = sender.data_received
+            turn = asyncio.sleep
             start = time.perf_counter()
             for i in range(args.frames):
                 receive(frames[i % 1000])
-                flush()
+                await turn(0)  # the end of the loop turn: the outbox writes what it holds
             elapsed = time.perf_counter() - start
             deliveries = sum(s.writes for s in sinks if s is not sinks[conns.index(sender)])
             print(

@@ -867,3 +867,26 @@ def test_store_interface_has_no_content_method() -> None:
     methods = {name for name in dir(Store) if not name.startswith("_")}
     for word in ("payload", "content", "message", "frame", "chat"):
         assert not [m for m in methods if word in m], word
+
+
+# --- checkpoints ---------------------------------------------------------------
+
+
+async def test_checkpoints_saved_in_one_batch_replace_earlier_ones_per_meeting(
+    store: Store,
+) -> None:
+    host = await make_host(store)
+    meetings = [await make_meeting(store, host) for _ in range(3)]
+    await store.save_checkpoint(make_record(meetings[0], 0, nodes=("n1",)))
+    await store.save_checkpoints(
+        [make_record(m, 1, nodes=("n1",)) for m in meetings[:2]]
+        + [make_record(meetings[2], 2, nodes=("n2",))]
+    )
+    await store.save_checkpoints([])  # an empty round stores nothing and fails nothing
+    mine = await store.open_checkpoints("n1")
+    assert sorted((r.meeting_id, r.peak_participants) for r in mine) == sorted(
+        (m.meeting_id, 4) for m in meetings[:2]
+    )  # the batch's versions (n=1), the earlier one of meetings[0] replaced
+    assert [(r.meeting_id, r.peak_participants) for r in await store.open_checkpoints("n2")] == [
+        (meetings[2].meeting_id, 5)
+    ]

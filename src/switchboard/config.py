@@ -87,11 +87,10 @@ class Settings:
     socket_send_buffer: int = 128 * 1024
     """Kernel send buffer per participant socket (0: the kernel's autotuning). Small keeps
     a slow receiver's backlog where the drop policy sees it."""
-    tls_transport: str = "asyncio"
-    """The relay listener's TLS transport: ``asyncio`` (the event loop's own) or
-    ``aiofastnet`` (experimental: OpenSSL driven from Cython, measured cheaper per
-    frame at low load, newer and less proven). Same TLS context,
-    versions and ciphers either way."""
+    tls_transport: str = "aiofastnet"
+    """The relay listener's TLS transport: ``aiofastnet`` (OpenSSL driven from Cython,
+    measured cheaper per delivery) or ``asyncio`` (the event loop's own). Same TLS
+    context, versions and ciphers either way."""
     reconnect_grace: float = 30.0
     """Seconds a dropped participant keeps its seat and role; 0 ends it at once."""
     drop_video_bytes: int = 256 * 1024

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .core.records import CallRecord
@@ -113,6 +114,13 @@ class Ledger:
             await self.store.save_checkpoint(record)
         except StoreError as exc:
             log.warning("checkpoint not stored meeting=%s error=%s", record.meeting_id, exc.code)
+
+    async def checkpoints(self, records: Sequence[CallRecord]) -> None:
+        """Store several live meetings' running records in one transaction; never raises."""
+        try:
+            await self.store.save_checkpoints(records)
+        except StoreError as exc:
+            log.warning("checkpoints not stored meetings=%d error=%s", len(records), exc.code)
 
     async def commit(self, record: CallRecord, now: float) -> StoredRecord | None:
         """Commit a final record durably; ``None`` if it went to the spool instead."""

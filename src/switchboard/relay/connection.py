@@ -36,6 +36,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - wheels ship the C extension
+    from websockets.utils import apply_mask
+
 from ..core import wire
 from ..core.codes import CloseCode, is_transient
 from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
@@ -72,7 +77,9 @@ def binary_message(*parts: bytes | memoryview) -> bytes:
     Server-to-client frames are not masked (RFC 6455 5.1), so the result can be
     written unchanged to every recipient.
     """
-    n = sum(len(p) for p in parts)
+    n = 0
+    for part in parts:
+        n += len(part)
     if n < 126:
         head = _H1(0x82, n)
     elif n < 65536:
@@ -132,15 +139,18 @@ class RelayConnection(asyncio.Protocol):
         "_bulk",
         "_bulk_bytes",
         "_close_timer",
+        "_direct",
         "_fragments",
         "_join_task",
         "_join_timer",
         "_outbox",
+        "_partial",
         "_pending",
         "_pump_timer",
         "bulk_limit",
         "hub",
         "last_rx",
+        "max_size",
         "open",
         "participant",
         "pending_bytes",
@@ -163,6 +173,11 @@ class RelayConnection(asyncio.Protocol):
     ) -> None:
         self.hub = hub
         self.proto = ServerProtocol(max_size=max_size, logger=_WS_LOGGER)
+        self.max_size = max_size
+        self._direct = False
+        """Frames are read by :meth:`_read_frames`; websockets' parser sees only whole frames."""
+        self._partial: bytearray | None = None
+        """The start of a frame whose end has not arrived yet (direct reading only)."""
         self.write_limit = write_limit
         self.send_buffer = send_buffer
         self.bulk_limit = bulk_limit
@@ -209,19 +224,98 @@ class RelayConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        if self._direct:
+            self._read_frames(data)
+        else:
+            self._receive(data)
+        self._flush()
+        if self.open and self.proto.state is not State.OPEN:
+            self.open = False  # a close frame came in
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Let websockets' parser read ``data``: the handshake, and whatever is not a plain
+        binary message (control frames, fragments, protocol errors, closing)."""
         proto = self.proto
-        proto.receive_data(data)
+        proto.receive_data(data)  # type: ignore[arg-type]  # any bytes-like is read
+        handshake = False
         for event in proto.events_received():
             if type(event) is Frame:
                 if event.opcode is _BINARY and event.fin and self.participant is not None:
-                    self._on_message(event.data)  # the hot path: a whole binary message
+                    self._on_message(event.data)
                 else:
                     self._on_frame(event)
             elif isinstance(event, Request):
                 self._on_request(event)
-        self._flush()
-        if self.open and proto.state is not State.OPEN:
-            self.open = False  # a close frame came in
+                handshake = True
+        if handshake and self.open and not proto.reader.buffer:
+            # The upgrade request was all the client sent (RFC 6455 4.1: it waits
+            # for the response), so websockets' parser now waits for the first
+            # byte of a frame: from here on frames are read by _read_frames.
+            self._direct = True
+
+    def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
+        """Read the frames in ``data``: a whole binary message goes straight to the hub.
+
+        The common case, a masked, unfragmented binary frame within ``max_size``,
+        costs a header decode and one unmasking in C. Any other whole frame (ping,
+        pong, close, fragments, text) is handed to websockets' parser on its own,
+        so that parser always starts at a frame boundary and keeps answering pings
+        and closes; anything it must refuse (no mask, reserved bits, a frame over
+        ``max_size``) goes to it with the rest of the stream, for its error and
+        close code. Incomplete frames wait in ``_partial`` for the next read.
+        """
+        partial = self._partial
+        if partial is not None:
+            partial += data
+            buf: bytes | bytearray | memoryview = partial
+        else:
+            buf = data
+        proto = self.proto
+        end = len(buf)
+        at = 0
+        while end - at >= 2:
+            first, second = buf[at], buf[at + 1]
+            length = second & 0x7F
+            if length < 126:
+                mask_at = at + 2
+            elif length == 126:
+                mask_at = at + 4
+                if mask_at > end:
+                    break
+                length = int.from_bytes(buf[at + 2 : mask_at], "big")
+            else:
+                mask_at = at + 10
+                if mask_at > end:
+                    break
+                length = int.from_bytes(buf[at + 2 : mask_at], "big")
+            if not second & 0x80 or first & 0x70 or length > self.max_size or not self.open:
+                self._hand_over(buf[at:])
+                return
+            start = mask_at + 4
+            stop = start + length
+            if stop > end:
+                break
+            if first == 0x82 and proto.current_size is None:
+                self._on_message(apply_mask(buf[start:stop], buf[mask_at:start]))  # type: ignore[arg-type]
+            else:
+                self._receive(bytes(buf[at:stop]))
+                if proto.state is not State.OPEN:
+                    self._hand_over(buf[stop:])
+                    return
+            at = stop
+        if at == end:
+            self._partial = None
+        elif partial is not None:
+            del partial[:at]
+        else:
+            self._partial = bytearray(buf[at:])
+
+    def _hand_over(self, rest: bytes | bytearray | memoryview) -> None:
+        """Back to websockets' parser for good, from a frame boundary: closing or refusing."""
+        self._direct = False
+        self._partial = None
+        if rest:
+            self._receive(bytes(rest))
 
     def eof_received(self) -> bool | None:
         self.proto.receive_eof()
@@ -512,12 +606,9 @@ class RelayConnection(asyncio.Protocol):
 class BufferedRelayConnection(RelayConnection):
     """A relay connection that the transport decrypts into a buffer it lends.
 
-    Used with the aiofastnet transport, whose buffered read path skips
-    allocating a bytes object per read (in a stress test of sequential
-    handshakes from a blocking client it also stalled less often than its
-    copying path; see the note in ``docs/topics/performance.md``). The loop's
-    own SSL transport keeps the plain :class:`RelayConnection`, the path it has
-    always been tested on.
+    Used with the aiofastnet transport (the default), whose buffered read path
+    skips allocating a bytes object per read. The loop's own SSL transport
+    keeps the plain :class:`RelayConnection`.
     """
 
     __slots__ = ()

@@ -61,6 +61,8 @@ log = logging.getLogger("switchboard.relay")
 
 
 _KEEPALIVE_TICK = 0.05
+_CHECKPOINT_BATCH = 100
+"""Running records stored per transaction in a checkpoint round."""
 """Seconds between keepalive slices (each pings a share of the connections)."""
 
 
@@ -203,13 +205,21 @@ class Hub:
 
     async def _checkpoint_round(self) -> None:
         now = self.clock.mono()
+        batch: list[CallRecord] = []
         for mid, room in list(self.rooms.items()):
             if room.meeting.state is not MeetingState.LIVE:
                 continue
             if now - room.meeting.last_activity > self.idle_timeout:
                 self._spawn(self.end_meeting(mid, EndReason.IDLE_TIMEOUT))
                 continue
-            await self.ledger.checkpoint(self._snapshot(room))
+            batch.append(self._snapshot(room))
+            if len(batch) == _CHECKPOINT_BATCH:
+                # One transaction per batch, not per meeting; the loop switches
+                # frames between batches.
+                await self.ledger.checkpoints(batch)
+                batch = []
+        if batch:
+            await self.ledger.checkpoints(batch)
         if self.ledger.spool is not None and self.ledger.spool.pending():
             await self.ledger.replay(self.clock.wall())
 
@@ -225,13 +235,21 @@ class Hub:
             size = -(-len(round_) // slices)
             for first in range(0, slices * size, size or 1):
                 await asyncio.sleep(self.ping_interval / slices)
-                deadline = self.clock.mono() - 2 * self.ping_interval
+                now = self.clock.mono()
+                deadline = now - 2 * self.ping_interval
+                # A client heard from within the last half interval is alive: no
+                # ping (and no pong to read) for participants who talk or send
+                # media. Half, not a whole one: a client heard only through its
+                # pongs answered the last round's ping about one interval ago and
+                # must be pinged again every round, or it nears the close deadline.
+                quiet = now - self.ping_interval / 2
                 for conn in round_[first : first + size]:
                     if conn.transport is None:
                         continue  # gone since the round began
-                    if conn.last_rx < deadline:
+                    last_rx = conn.last_rx
+                    if last_rx < deadline:
                         conn.close(CloseCode.PING_TIMEOUT, "keepalive ping timeout")
-                    else:
+                    elif last_rx < quiet:
                         conn.ping()
 
     async def shutdown(self) -> None:

@@ -829,16 +829,30 @@ class SqliteStore:
         )
         return StoredRecord(row[0], record)
 
+    _SAVE_CHECKPOINT = (
+        "INSERT INTO open_records (meeting_id, node, record, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (meeting_id) DO UPDATE SET record = excluded.record,"
+        " updated_at = excluded.updated_at"
+    )
+
+    @staticmethod
+    def _checkpoint_row(record: CallRecord) -> tuple[str, str, str, float]:
+        node = record.nodes[0] if record.nodes else ""
+        return (record.meeting_id, node, json.dumps(record.to_dict()), record.ended_at)
+
     async def save_checkpoint(self, record: CallRecord) -> None:
         """See :class:`~switchboard.store.base.Store`."""
-        node = record.nodes[0] if record.nodes else ""
-        await self._run(
-            self._db.execute,
-            "INSERT INTO open_records (meeting_id, node, record, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (meeting_id) DO UPDATE SET record = excluded.record,"
-            " updated_at = excluded.updated_at",
-            (record.meeting_id, node, json.dumps(record.to_dict()), record.ended_at),
-        )
+        await self._run(self._db.execute, self._SAVE_CHECKPOINT, self._checkpoint_row(record))
+
+    async def save_checkpoints(self, records: Sequence[CallRecord]) -> None:
+        """See :class:`~switchboard.store.base.Store`."""
+        if not records:
+            return
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(self._SAVE_CHECKPOINT, [self._checkpoint_row(r) for r in records])
+
+        await self._run(self._tx, run)
 
     async def open_checkpoints(self, node: str) -> Sequence[CallRecord]:
         """See :class:`~switchboard.store.base.Store`."""
