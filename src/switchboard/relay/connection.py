@@ -141,6 +141,7 @@ class RelayConnection(asyncio.Protocol):
         "_close_timer",
         "_direct",
         "_fragments",
+        "_join_started",
         "_join_task",
         "_join_timer",
         "_outbox",
@@ -181,7 +182,8 @@ class RelayConnection(asyncio.Protocol):
         self.write_limit = write_limit
         self.send_buffer = send_buffer
         self.bulk_limit = bulk_limit
-        self._bulk: deque[bytes] = deque()
+        self._bulk: deque[bytes] | None = None
+        """Document frames waiting for the socket; made on first use (most never share one)."""
         self._bulk_bytes = 0
         self._pending: list[bytes] = []
         self._outbox = hub.outbox
@@ -196,6 +198,7 @@ class RelayConnection(asyncio.Protocol):
         self.last_rx = time.monotonic()
         self._fragments: list[bytes | bytearray | memoryview] | None = None
         self._join_task: asyncio.Task[None] | None = None
+        self._join_started = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._join_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             join_timeout, self._join_timed_out
@@ -252,6 +255,11 @@ class RelayConnection(asyncio.Protocol):
             # for the response), so websockets' parser now waits for the first
             # byte of a frame: from here on frames are read by _read_frames.
             self._direct = True
+            # Its generator's frame would hold the upgrade request (headers and
+            # all) for the connection's life; a fresh one, started at the same
+            # frame boundary (the state is OPEN), holds nothing.
+            proto.parser = proto.parse()
+            next(proto.parser)
 
     def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
         """Read the frames in ``data``: a whole binary message goes straight to the hub.
@@ -328,7 +336,7 @@ class RelayConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._join_timer = self._close_timer = self._pump_timer = None
-        self._bulk.clear()
+        self._bulk = None
         self._bulk_bytes = 0
         self._pending.clear()
         self.pending_bytes = 0
@@ -398,7 +406,7 @@ class RelayConnection(asyncio.Protocol):
                 log.exception("switching failed; closing this connection")
                 self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if self._join_task is not None:
+        if self._join_started:
             self.send_error(
                 FrameError("wait for the welcome before sending frames", code="not_joined")
             )
@@ -409,6 +417,7 @@ class RelayConnection(asyncio.Protocol):
             self.send_error(exc)
             self.close(exc.close_code, exc.reason)
             return
+        self._join_started = True
         self._join_task = asyncio.get_running_loop().create_task(self._join(request))
 
     async def _join(self, request: wire.JoinRequest) -> None:
@@ -424,6 +433,8 @@ class RelayConnection(asyncio.Protocol):
             if self._join_timer is not None:
                 self._join_timer.cancel()
                 self._join_timer = None
+        finally:
+            self._join_task = None  # done: nothing to cancel, and no invitation kept around
 
     def _join_timed_out(self) -> None:
         self._join_timer = None
@@ -510,12 +521,15 @@ class RelayConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.proto.state is not State.OPEN:
             return False
-        if not self._bulk and self.buffered() < _BULK_HIGH:
+        bulk = self._bulk
+        if not bulk and self.buffered() < _BULK_HIGH:
             return self.write_frame(message)
-        self._bulk.append(message)
+        if bulk is None:
+            bulk = self._bulk = deque()
+        bulk.append(message)
         self._bulk_bytes += len(message)
         if self._bulk_bytes > self.bulk_limit:
-            self._bulk.clear()
+            bulk.clear()
             self._bulk_bytes = 0
             self.close(
                 CloseCode.TOO_SLOW, "receiver too slow; reconnect", timeout=_SLOW_CLOSE_TIMEOUT
