@@ -1061,3 +1061,36 @@ def test_relay_frames_may_carry_headers_longer_than_a_client_may() -> None:
     decoded, offset = wire.split_frame(header + b"tail", from_relay=True)
     assert decoded["roster"] == roster
     assert offset == len(header)
+
+
+def test_a_refused_header_leaves_nothing_behind_for_the_next_frame() -> None:
+    # The relay reuses one header unpacker per thread: whatever a bad frame fed
+    # it must be gone before the next frame, and so must a good frame's payload.
+    good = wire.encode_data(Kind.CHAT, None, b"x" * 2000)  # payload past the bytes fed
+    for bad in (b"\xc1", b"\x85\xa1k", b"\x92\x01\x02" + b"z" * 50, bytes(2000), b""):
+        with pytest.raises(FrameError):
+            wire.split_frame(bad)
+        header, offset = wire.split_frame(good)
+        assert header == {"k": int(Kind.CHAT)}
+        assert good[offset:] == b"x" * 2000
+
+
+def test_threads_decoding_headers_at_once_each_get_their_own_answers() -> None:
+    import threading
+
+    results: dict[int, list[tuple[dict[str, object], int]]] = {}
+
+    def decode(n: int) -> None:
+        frame = wire.encode_data(Kind.MEDIA, None, bytes(n), track=n, m=1, seq=n, key=False)
+        results[n] = [wire.split_frame(frame) for _ in range(2000)]
+
+    threads = [threading.Thread(target=decode, args=(n,)) for n in (10, 700, 5000)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [10, 700, 5000]
+    for n, answers in results.items():
+        expected = {"k": int(Kind.MEDIA), "track": n, "m": 1, "seq": n, "key": False}
+        assert all(header == expected for header, _ in answers)
+        assert len({offset for _, offset in answers}) == 1

@@ -18,6 +18,7 @@ This module is sans-I/O: bytes in, values out. See ``docs/protocol.md``.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -156,18 +157,20 @@ def split_frame(
     longer than any client header may be, so the map may fill the message
     (with bounds that still fit a meeting of tens of thousands).
     """
-    limit = len(data) if from_relay else MAX_HEADER_BYTES
+    if not from_relay:
+        return _split_client_frame(data)
+    limit = len(data)
     unpacker = msgpack.Unpacker(
         max_buffer_size=max(limit, 1),
         max_str_len=limit,
         max_bin_len=limit,
-        max_array_len=1 << 16 if from_relay else 256,
-        max_map_len=64 if from_relay else 32,
+        max_array_len=1 << 16,
+        max_map_len=64,
         max_ext_len=0,
         strict_map_key=True,
         raw=False,
     )
-    unpacker.feed(data[:limit])
+    unpacker.feed(data)
     try:
         header = unpacker.unpack()
     except msgpack.OutOfData:
@@ -182,6 +185,59 @@ def split_frame(
     if not isinstance(header, dict):
         raise FrameError("header must be a msgpack map", code="malformed_header")
     return header, unpacker.tell()
+
+
+def _client_header_unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        max_buffer_size=MAX_HEADER_BYTES,
+        max_str_len=MAX_HEADER_BYTES,
+        max_bin_len=MAX_HEADER_BYTES,
+        max_array_len=256,
+        max_map_len=32,
+        max_ext_len=0,
+        strict_map_key=True,
+        raw=False,
+    )
+
+
+_unpackers = threading.local()
+"""One header unpacker per thread, reused: making one costs more than decoding a header."""
+
+
+def _split_client_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+    """:func:`split_frame` for a client's frame, on this thread's reused unpacker.
+
+    Each call feeds at most :data:`MAX_HEADER_BYTES` and leaves the unpacker's
+    buffer empty again (the payload bytes fed with the header are read off and
+    dropped); an unpacker that failed is replaced, so no state survives a bad frame.
+    """
+    try:
+        unpacker = _unpackers.header
+    except AttributeError:
+        unpacker = _unpackers.header = _client_header_unpacker()
+    chunk = data[:MAX_HEADER_BYTES]
+    base = unpacker.tell()
+    unpacker.feed(chunk)
+    try:
+        header = unpacker.unpack()
+    except msgpack.OutOfData:
+        _unpackers.header = _client_header_unpacker()
+        raise FrameError(
+            f"header is not a complete msgpack map within {MAX_HEADER_BYTES} bytes",
+            code="malformed_header",
+        ) from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        _unpackers.header = _client_header_unpacker()
+        raise FrameError(
+            f"header is not valid msgpack ({type(exc).__name__})", code="malformed_header"
+        ) from None
+    offset: int = unpacker.tell() - base
+    rest = len(chunk) - offset
+    if rest:
+        unpacker.read_bytes(rest)
+    if not isinstance(header, dict):
+        raise FrameError("header must be a msgpack map", code="malformed_header")
+    return header, offset
 
 
 # Field readers. Error messages name the field, never the value a client sent.

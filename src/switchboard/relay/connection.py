@@ -146,7 +146,6 @@ class RelayConnection(asyncio.Protocol):
         "_join_timer",
         "_outbox",
         "_partial",
-        "_pending",
         "_pump_timer",
         "bulk_limit",
         "hub",
@@ -154,6 +153,7 @@ class RelayConnection(asyncio.Protocol):
         "max_size",
         "open",
         "participant",
+        "pending",
         "pending_bytes",
         "proto",
         "room",
@@ -185,7 +185,9 @@ class RelayConnection(asyncio.Protocol):
         self._bulk: deque[bytes] | None = None
         """Document frames waiting for the socket; made on first use (most never share one)."""
         self._bulk_bytes = 0
-        self._pending: list[bytes] = []
+        self.pending: list[bytes] = []
+        """Frames queued in this turn, written by :meth:`flush_pending` at its end (the hub's
+        fan-out loops append here directly, as :meth:`write_frame` would)."""
         self._outbox = hub.outbox
         self.pending_bytes = 0
         """Bytes of frames queued in this turn, not yet handed to the transport."""
@@ -338,7 +340,7 @@ class RelayConnection(asyncio.Protocol):
         self._join_timer = self._close_timer = self._pump_timer = None
         self._bulk = None
         self._bulk_bytes = 0
-        self._pending.clear()
+        self.pending.clear()
         self.pending_bytes = 0
         self.open = False
         if (
@@ -480,7 +482,7 @@ class RelayConnection(asyncio.Protocol):
         """
         if not self.open:
             return False
-        pending = self._pending
+        pending = self.pending
         if not pending:
             self._outbox.enlist(self)  # once per receiver per turn
         pending.append(message)
@@ -489,7 +491,7 @@ class RelayConnection(asyncio.Protocol):
 
     def flush_pending(self) -> None:
         """Write this turn's frames as one buffer: one TLS record, one syscall."""
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return
         transport = self.transport
@@ -611,7 +613,7 @@ class RelayConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""
-        self._pending.clear()
+        self.pending.clear()
         self.pending_bytes = 0
         self.open = False
         self._abort()
