@@ -18,7 +18,6 @@ This module is sans-I/O: bytes in, values out. See ``docs/protocol.md``.
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -36,6 +35,7 @@ __all__ = [
     "POLL_OPS",
     "PROTOCOL_VERSION",
     "ClientFrame",
+    "HeaderReader",
     "JoinRequest",
     "Kind",
     "Media",
@@ -158,7 +158,7 @@ def split_frame(
     (with bounds that still fit a meeting of tens of thousands).
     """
     if not from_relay:
-        return _split_client_frame(data)
+        return HeaderReader().split(data)
     limit = len(data)
     unpacker = msgpack.Unpacker(
         max_buffer_size=max(limit, 1),
@@ -200,44 +200,52 @@ def _client_header_unpacker() -> msgpack.Unpacker:
     )
 
 
-_unpackers = threading.local()
-"""One header unpacker per thread, reused: making one costs more than decoding a header."""
+class HeaderReader:
+    """Reads clients' frame headers with one unpacker, reused from frame to frame.
 
-
-def _split_client_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
-    """:func:`split_frame` for a client's frame, on this thread's reused unpacker.
-
-    Each call feeds at most :data:`MAX_HEADER_BYTES` and leaves the unpacker's
-    buffer empty again (the payload bytes fed with the header are read off and
-    dropped); an unpacker that failed is replaced, so no state survives a bad frame.
+    Making an unpacker (nine bounds) costs more than decoding a five-field
+    header, so the relay's hub keeps one of these. Each call feeds at most
+    :data:`MAX_HEADER_BYTES` and leaves the unpacker empty again (the payload
+    bytes fed with the header are read off and dropped); an unpacker that
+    failed is replaced, so nothing of a bad frame reaches the next. Not for two
+    threads at once: one per event loop.
     """
-    try:
-        unpacker = _unpackers.header
-    except AttributeError:
-        unpacker = _unpackers.header = _client_header_unpacker()
-    chunk = data[:MAX_HEADER_BYTES]
-    base = unpacker.tell()
-    unpacker.feed(chunk)
-    try:
-        header = unpacker.unpack()
-    except msgpack.OutOfData:
-        _unpackers.header = _client_header_unpacker()
-        raise FrameError(
-            f"header is not a complete msgpack map within {MAX_HEADER_BYTES} bytes",
-            code="malformed_header",
-        ) from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        _unpackers.header = _client_header_unpacker()
-        raise FrameError(
-            f"header is not valid msgpack ({type(exc).__name__})", code="malformed_header"
-        ) from None
-    offset: int = unpacker.tell() - base
-    rest = len(chunk) - offset
-    if rest:
-        unpacker.read_bytes(rest)
-    if not isinstance(header, dict):
-        raise FrameError("header must be a msgpack map", code="malformed_header")
-    return header, offset
+
+    __slots__ = ("_unpacker",)
+
+    def __init__(self) -> None:
+        self._unpacker = _client_header_unpacker()
+
+    def split(self, data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+        """:func:`split_frame` for a client's frame."""
+        unpacker = self._unpacker
+        chunk = data[:MAX_HEADER_BYTES]
+        base = unpacker.tell()
+        unpacker.feed(chunk)
+        try:
+            header = unpacker.unpack()
+        except msgpack.OutOfData:
+            self._unpacker = _client_header_unpacker()
+            raise FrameError(
+                f"header is not a complete msgpack map within {MAX_HEADER_BYTES} bytes",
+                code="malformed_header",
+            ) from None
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            self._unpacker = _client_header_unpacker()
+            raise FrameError(
+                f"header is not valid msgpack ({type(exc).__name__})", code="malformed_header"
+            ) from None
+        offset: int = unpacker.tell() - base
+        rest = len(chunk) - offset
+        if rest:
+            unpacker.read_bytes(rest)
+        if not isinstance(header, dict):
+            raise FrameError("header must be a msgpack map", code="malformed_header")
+        return header, offset
+
+    def parse_client_frame(self, data: bytes | bytearray | memoryview) -> ClientFrame:
+        """:func:`parse_client_frame` on this reader's unpacker."""
+        return _client_frame(*self.split(data))
 
 
 # Field readers. Error messages name the field, never the value a client sent.
@@ -376,7 +384,10 @@ def parse_client_frame(data: bytes | bytearray | memoryview) -> ClientFrame:
     Only the fields of the frame's kind are read and checked; anything else in
     the header is ignored (never forwarded), and the payload is located, not read.
     """
-    header, offset = split_frame(data)
+    return _client_frame(*split_frame(data))
+
+
+def _client_frame(header: Mapping[str, Any], offset: int) -> ClientFrame:
     kind = header.get("k")
     if type(kind) is not int or kind not in _KINDS:
         # Name the kind only when it is a number: error frames never echo client strings.

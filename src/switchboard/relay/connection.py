@@ -29,6 +29,7 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
@@ -127,6 +128,13 @@ class Outbox:
                 log.exception("writing to a connection failed; closing it")
                 conn.abort()
 
+
+def _parked() -> Generator[None]:
+    yield  # pragma: no cover - never stepped
+
+
+_PARKED = _parked()
+"""Stands in for websockets' parser of an open connection until a frame needs it."""
 
 _READ_BUFFER = memoryview(bytearray(256 * 1024))
 """Where every connection's transport decrypts into (see :meth:`RelayConnection.get_buffer`)."""
@@ -233,14 +241,18 @@ class RelayConnection(asyncio.Protocol):
             self._read_frames(data)
         else:
             self._receive(data)
-        self._flush()
-        if self.open and self.proto.state is not State.OPEN:
-            self.open = False  # a close frame came in
 
     def _receive(self, data: bytes | bytearray | memoryview) -> None:
         """Let websockets' parser read ``data``: the handshake, and whatever is not a plain
-        binary message (control frames, fragments, protocol errors, closing)."""
+        binary message (control frames, fragments, protocol errors, closing).
+
+        Only this and the relay's own ``close``/``ping`` make websockets write
+        (pongs, close frames), so only they flush its output.
+        """
         proto = self.proto
+        if proto.parser is _PARKED:
+            proto.parser = proto.parse()  # see the handover below
+            next(proto.parser)
         proto.receive_data(data)  # type: ignore[arg-type]  # any bytes-like is read
         handshake = False
         for event in proto.events_received():
@@ -258,10 +270,13 @@ class RelayConnection(asyncio.Protocol):
             # byte of a frame: from here on frames are read by _read_frames.
             self._direct = True
             # Its generator's frame would hold the upgrade request (headers and
-            # all) for the connection's life; a fresh one, started at the same
-            # frame boundary (the state is OPEN), holds nothing.
-            proto.parser = proto.parse()
-            next(proto.parser)
+            # all) for the connection's life. It is dropped; a fresh one, which
+            # starts at a frame boundary since the state is OPEN, is made the
+            # first time a frame needs it (most connections: a ping or a close).
+            proto.parser = _PARKED
+        self._flush()
+        if self.open and proto.state is not State.OPEN:
+            self.open = False  # a close frame came in, or the parser refused something
 
     def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
         """Read the frames in ``data``: a whole binary message goes straight to the hub.
@@ -328,7 +343,11 @@ class RelayConnection(asyncio.Protocol):
             self._receive(bytes(rest))
 
     def eof_received(self) -> bool | None:
-        self.proto.receive_eof()
+        proto = self.proto
+        if proto.parser is _PARKED:
+            proto.parser = proto.parse()
+            next(proto.parser)
+        proto.receive_eof()
         self.open = False
         self._flush()
         return None

@@ -164,6 +164,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.connections: set[RelayConnection] = set()
         self.outbox = Outbox()
+        self._headers = wire.HeaderReader()  # one unpacker for every frame this hub reads
         """Frames switched in this event-loop turn, written per receiver at its end."""
         self._resume: dict[bytes, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -497,7 +498,7 @@ class Hub:
         room, sender = conn.room, conn.participant
         assert room is not None
         assert sender is not None
-        frame = wire.parse_client_frame(data)
+        frame = self._headers.parse_client_frame(data)
         meeting = room.meeting
         now = self.clock.mono()
         kind = frame.kind
