@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import ssl
 import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -29,7 +33,7 @@ from switchboard.core.codes import CloseCode
 from switchboard.core.wire import Kind
 from switchboard.node import Node
 
-from .conftest import TIMEOUT, Host, make_settings, next_event, signed_in_host
+from .conftest import TIMEOUT, make_settings, next_event, signed_in_host
 
 TRANSPORTS = ("aiofastnet", "asyncio")
 
@@ -128,13 +132,39 @@ class RawClient:
         self.writer.transport.abort()
 
 
-async def meeting_of_two(node: Node) -> tuple[Host, str, Participant]:
-    """A host, an invitation for raw clients, and an SDK participant listening."""
-    host = await signed_in_host(node)
-    meeting = await host.meeting()
-    token = await host.invite(meeting, "presenter", max_uses=10)
-    listener = await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
-    return host, token, listener
+@dataclass
+class RawMeeting:
+    """A running node, an invitation for raw clients, and an SDK participant listening."""
+
+    node: Node
+    token: str
+    listener: Participant
+    raws: list[RawClient] = field(default_factory=list)
+
+    async def raw(self, *, pieces: int = 1) -> RawClient:
+        """A raw client, joined (its join message written in ``pieces``)."""
+        raw = await RawClient.connect(self.node)
+        self.raws.append(raw)
+        await raw.join(self.token, pieces=pieces)
+        return raw
+
+
+@contextlib.asynccontextmanager
+async def raw_meeting(tmp_path: Path, **settings: Any) -> AsyncIterator[RawMeeting]:
+    async with Node(make_settings(tmp_path / "var", **settings)) as node:
+        host = await signed_in_host(node)
+        token = await host.invite(await host.meeting(), "presenter", max_uses=10)
+        listener = await Participant.join(
+            node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT
+        )
+        meeting = RawMeeting(node, token, listener)
+        try:
+            yield meeting
+        finally:
+            for raw in meeting.raws:
+                raw.abort()
+            await listener.leave()
+            await host.api.close()
 
 
 async def chats(p: Participant, n: int) -> list[bytes]:
@@ -143,58 +173,43 @@ async def chats(p: Participant, n: int) -> list[bytes]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_messages_cut_at_every_byte_arrive_whole(tmp_path: Path, transport: str) -> None:
-    settings = make_settings(tmp_path / "var", tls_transport=transport, max_chat_bytes=100_000)
-    async with Node(settings) as node:
-        host, token, listener = await meeting_of_two(node)
-        raw = await RawClient.connect(node)
-        await raw.join(token, pieces=40)  # the join message itself in pieces
+    async with raw_meeting(tmp_path, tls_transport=transport, max_chat_bytes=100_000) as m:
+        raw = await m.raw(pieces=40)  # the join message itself in pieces
         # 7-bit, 16-bit and 64-bit lengths; the small one one byte per read.
         texts = [secrets.token_bytes(n) for n in (60, 300, 70_000)]
         await raw.send(chat(texts[0]), pieces=len(chat(texts[0])))
         await raw.send(chat(texts[1]), pieces=97)
         await raw.send(chat(texts[2]), pieces=13)
-        assert await chats(listener, 3) == texts
-        raw.abort()
-        await listener.leave()
-        await host.api.close()
+        assert await chats(m.listener, 3) == texts
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_many_frames_in_one_write_are_all_switched_in_order(
     tmp_path: Path, transport: str
 ) -> None:
-    settings = make_settings(tmp_path / "var", tls_transport=transport, rate_chat=1000.0)
-    async with Node(settings) as node:
-        host, token, listener = await meeting_of_two(node)
-        raw = await RawClient.connect(node)
-        await raw.join(token)
+    async with raw_meeting(tmp_path, tls_transport=transport, rate_chat=1000.0) as m:
+        raw = await m.raw()
         texts = [f"message {i} {secrets.token_hex(4)}".encode() for i in range(60)]
         stream = b"".join(chat(t) for t in texts)
         # One write; then the same again cut at odd places, so a frame's end and
         # the next one's start share a read.
         await raw.send(stream[: len(stream) // 2])
         await raw.send(stream[len(stream) // 2 :])
-        assert await chats(listener, 60) == texts
+        assert await chats(m.listener, 60) == texts
         await raw.send(stream, pieces=7)
-        assert await chats(listener, 60) == texts
-        raw.abort()
-        await listener.leave()
-        await host.api.close()
+        assert await chats(m.listener, 60) == texts
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_pings_between_and_inside_messages_are_answered(
     tmp_path: Path, transport: str
 ) -> None:
-    settings = make_settings(tmp_path / "var", tls_transport=transport, rate_chat=1000.0)
-    async with Node(settings) as node:
-        host, token, listener = await meeting_of_two(node)
-        raw = await RawClient.connect(node)
-        await raw.join(token)
+    async with raw_meeting(tmp_path, tls_transport=transport, rate_chat=1000.0) as m:
+        raw = await m.raw()
         a, b = b"before the ping", b"after the ping"
         await raw.send(chat(a) + frame(PING, b"first") + chat(b))
         assert await raw.recv_until(PONG) == b"first"
-        assert await chats(listener, 2) == [a, b]
+        assert await chats(m.listener, 2) == [a, b]
         # A fragmented message with a ping between its fragments (RFC 6455 5.4),
         # the whole of it cut into one-byte reads.
         message = wire.encode_data(Kind.CHAT, None, b"in three fragments")
@@ -206,13 +221,10 @@ async def test_pings_between_and_inside_messages_are_answered(
         )
         await raw.send(fragmented, pieces=len(fragmented))
         assert await raw.recv_until(PONG) == b"second"
-        assert await chats(listener, 1) == [b"in three fragments"]
+        assert await chats(m.listener, 1) == [b"in three fragments"]
         # And plain messages still take the short way afterwards.
         await raw.send(chat(b"and on"))
-        assert await chats(listener, 1) == [b"and on"]
-        raw.abort()
-        await listener.leave()
-        await host.api.close()
+        assert await chats(m.listener, 1) == [b"and on"]
 
 
 REFUSED = {
@@ -237,32 +249,20 @@ async def test_a_frame_the_protocol_forbids_closes_only_its_connection(
     tmp_path: Path, transport: str, case: str
 ) -> None:
     data, code = REFUSED[case]
-    async with Node(make_settings(tmp_path / "var", tls_transport=transport)) as node:
-        host, token, listener = await meeting_of_two(node)
-        offender = await RawClient.connect(node)
-        await offender.join(token)
-        fine = await RawClient.connect(node)
-        await fine.join(token)
+    async with raw_meeting(tmp_path, tls_transport=transport) as m:
+        offender, fine = await m.raw(), await m.raw()
         # A good message first, in the same write as the bad frame: it is switched.
         await offender.send(chat(b"last good words") + data)
         assert await offender.close_code() == code
-        assert await chats(listener, 1) == [b"last good words"]
+        assert await chats(m.listener, 1) == [b"last good words"]
         # The meeting goes on for everyone else.
         await fine.send(chat(b"still here"))
-        assert await chats(listener, 1) == [b"still here"]
-        offender.abort()
-        fine.abort()
-        await listener.leave()
-        await host.api.close()
+        assert await chats(m.listener, 1) == [b"still here"]
 
 
 async def test_keepalive_pings_only_connections_that_have_been_quiet(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "var", ping_interval=0.3, rate_chat=1000.0)
-    async with Node(settings) as node:
-        host, token, listener = await meeting_of_two(node)
-        talker, quiet = await RawClient.connect(node), await RawClient.connect(node)
-        await talker.join(token)
-        await quiet.join(token)
+    async with raw_meeting(tmp_path, ping_interval=0.3, rate_chat=1000.0) as m:
+        talker, quiet = await m.raw(), await m.raw()
         pings = {"talker": 0, "quiet": 0}
 
         async def answer(name: str, raw: RawClient) -> None:
@@ -285,9 +285,5 @@ async def test_keepalive_pings_only_connections_that_have_been_quiet(tmp_path: P
         assert pings["quiet"] >= 3
         # The quiet one answered its pings, so it is still seated.
         await quiet.send(chat(b"still here"))
-        payloads = await chats(listener, 17)
+        payloads = await chats(m.listener, 17)
         assert payloads[-1] == b"still here"
-        talker.abort()
-        quiet.abort()
-        await listener.leave()
-        await host.api.close()

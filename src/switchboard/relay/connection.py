@@ -154,6 +154,7 @@ class RelayConnection(asyncio.Protocol):
         "_join_timer",
         "_outbox",
         "_partial",
+        "_pending",
         "_pump_timer",
         "bulk_limit",
         "hub",
@@ -161,7 +162,6 @@ class RelayConnection(asyncio.Protocol):
         "max_size",
         "open",
         "participant",
-        "pending",
         "pending_bytes",
         "proto",
         "room",
@@ -193,9 +193,8 @@ class RelayConnection(asyncio.Protocol):
         self._bulk: deque[bytes] | None = None
         """Document frames waiting for the socket; made on first use (most never share one)."""
         self._bulk_bytes = 0
-        self.pending: list[bytes] = []
-        """Frames queued in this turn, written by :meth:`flush_pending` at its end (the hub's
-        fan-out loops append here directly, as :meth:`write_frame` would)."""
+        self._pending: list[bytes] = []
+        """Frames queued in this turn, written by :meth:`flush_pending` at its end."""
         self._outbox = hub.outbox
         self.pending_bytes = 0
         """Bytes of frames queued in this turn, not yet handed to the transport."""
@@ -359,7 +358,7 @@ class RelayConnection(asyncio.Protocol):
         self._join_timer = self._close_timer = self._pump_timer = None
         self._bulk = None
         self._bulk_bytes = 0
-        self.pending.clear()
+        self._pending.clear()
         self.pending_bytes = 0
         self.open = False
         if (
@@ -501,7 +500,7 @@ class RelayConnection(asyncio.Protocol):
         """
         if not self.open:
             return False
-        pending = self.pending
+        pending = self._pending
         if not pending:
             self._outbox.enlist(self)  # once per receiver per turn
         pending.append(message)
@@ -510,7 +509,7 @@ class RelayConnection(asyncio.Protocol):
 
     def flush_pending(self) -> None:
         """Write this turn's frames as one buffer: one TLS record, one syscall."""
-        pending = self.pending
+        pending = self._pending
         if not pending:
             return
         transport = self.transport
@@ -632,7 +631,7 @@ class RelayConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""
-        self.pending.clear()
+        self._pending.clear()
         self.pending_bytes = 0
         self.open = False
         self._abort()

@@ -536,15 +536,8 @@ class Hub:
                     if pid != me and other.write_bulk(message):
                         deliveries += 1
             else:
-                enlist, size = self.outbox.enlist, len(message)
                 for pid, other in room.conns.items():
-                    if pid != me and other.open:
-                        # RelayConnection.write_frame, inlined: this runs per receiver.
-                        pending = other.pending
-                        if not pending:
-                            enlist(other)
-                        pending.append(message)
-                        other.pending_bytes += size
+                    if pid != me and other.write_frame(message):
                         deliveries += 1
             meeting.switched(kind, None, nbytes, deliveries, 0, now)
             return
@@ -566,7 +559,6 @@ class Hub:
         threshold = self.drop.threshold(media)
         deliveries = dropped = 0
         ask_keyframe = False
-        enlist, size = self.outbox.enlist, len(message)
         # The per-receiver loop is the relay's innermost loop: attribute reads
         # instead of calls where the meaning is the same (see RelayConnection).
         for pid, other in room.conns.items():
@@ -595,13 +587,8 @@ class Hub:
                     waiting.add(stream)
                     ask_keyframe = True
                 continue
-            # RelayConnection.write_frame, inlined (``open`` was checked above).
-            pending = other.pending
-            if not pending:
-                enlist(other)
-            pending.append(message)
-            other.pending_bytes += size
-            deliveries += 1
+            if other.write_frame(message):
+                deliveries += 1
         room.meeting.switched(Kind.MEDIA, media, nbytes, deliveries, dropped, now)
         if ask_keyframe and room.meeting.keyframe_due(me, track, now):
             conn.send_control("keyframe", track=track)
