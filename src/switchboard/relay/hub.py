@@ -584,6 +584,8 @@ class Hub:
             elif backlog > threshold:
                 dropped += 1
                 if keyed:
+                    if waiting is None:
+                        waiting = receiver.awaiting_key = set()
                     waiting.add(stream)
                     ask_keyframe = True
                 continue
