@@ -1090,3 +1090,23 @@ def test_a_reused_reader_answers_each_frame_as_a_fresh_decode_would(frames: list
         except FrameError as exc:
             got = exc.code
         assert got == expected
+
+
+def test_a_reused_reader_reads_headers_of_every_length_as_a_fresh_decode_would() -> None:
+    # The reader feeds a frame's first bytes, then the rest of MAX_HEADER_BYTES
+    # only when the header is longer: every header length, on both sides of
+    # each boundary, must read as the one-shot decode reads it.
+    reader = wire.HeaderReader()
+    short = wire.encode_data(Kind.CHAT, None, b"after")
+    for pad in range(0, wire.MAX_HEADER_BYTES + 16):
+        data = msgpack.packb({"k": int(Kind.CHAT), "pad": "p" * pad}) + b"payload" * 3
+        try:
+            expected: object = wire.split_frame(data)
+        except FrameError as exc:
+            expected = exc.code
+        try:
+            got: object = reader.split(data)
+        except FrameError as exc:
+            got = exc.code
+        assert got == expected, pad
+        assert reader.split(short) == wire.split_frame(short), pad

@@ -300,7 +300,7 @@ class UsageMeter:
         self, feature: str, nbytes: int, deliveries: int, dropped: int, now_mono: float
     ) -> None:
         """One inbound frame of ``feature`` reached ``deliveries`` recipients, ``dropped`` not."""
-        use = self._use(feature, now_mono)
+        use = self._features.get(feature) or self._use(feature, now_mono)
         use.frames += 1
         use.bytes += nbytes
         use.deliveries += deliveries

@@ -187,6 +187,10 @@ def split_frame(
     return header, unpacker.tell()
 
 
+_FIRST_FEED = 64
+"""Bytes of a frame a :class:`HeaderReader` feeds first: a media header takes about 35."""
+
+
 def _client_header_unpacker() -> msgpack.Unpacker:
     return msgpack.Unpacker(
         max_buffer_size=MAX_HEADER_BYTES,
@@ -219,11 +223,23 @@ class HeaderReader:
     def split(self, data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
         """:func:`split_frame` for a client's frame."""
         unpacker = self._unpacker
-        chunk = data[:MAX_HEADER_BYTES]
         base = unpacker.tell()
-        unpacker.feed(chunk)
+        # Most headers fit in the first _FIRST_FEED bytes: feeding only those
+        # keeps the payload out of the unpacker (no copy in, no read-off copy
+        # out). A longer header is fed the rest of MAX_HEADER_BYTES; the
+        # unpacker restarts the map from its first byte.
+        fed = len(data) if len(data) <= _FIRST_FEED else _FIRST_FEED
+        unpacker.feed(data[:fed])
         try:
-            header = unpacker.unpack()
+            try:
+                header = unpacker.unpack()
+            except msgpack.OutOfData:
+                if fed == len(data) or fed == MAX_HEADER_BYTES:
+                    raise
+                more = data[fed:MAX_HEADER_BYTES]
+                fed += len(more)
+                unpacker.feed(more)
+                header = unpacker.unpack()
         except msgpack.OutOfData:
             self._unpacker = _client_header_unpacker()
             raise FrameError(
@@ -236,7 +252,7 @@ class HeaderReader:
                 f"header is not valid msgpack ({type(exc).__name__})", code="malformed_header"
             ) from None
         offset: int = unpacker.tell() - base
-        rest = len(chunk) - offset
+        rest = fed - offset
         if rest:
             unpacker.read_bytes(rest)
         if not isinstance(header, dict):
