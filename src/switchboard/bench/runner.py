@@ -570,6 +570,16 @@ async def run_scenario(
 _REFINE = 2
 """Bisection steps between the ramp's last passing and first failing load."""
 
+_ATTEMPTS = 2
+"""Windows a ramp step gets before it counts as failed.
+
+A load fails only when it fails twice in a row. On a shared machine one
+window in a few dozen catches a hiccup of the host (a 90 ms p99 at a load
+that passed with 6 ms in the next run), and a single unlucky window would
+otherwise end the ramp and halve the capacity. Both windows are kept in the
+curve (``attempt`` 1 and 2), so a reader sees every retry.
+"""
+
 
 async def _ramp(
     target: Target,
@@ -583,9 +593,10 @@ async def _ramp(
 ) -> dict[str, Any]:
     """Grow the load until delivery < 99.9% or p99 > 50 ms; then measure at half capacity.
 
-    Between the last step that passed and the first that failed, ``_REFINE``
-    more steps bisect the gap, so the capacity is not just the last point of a
-    coarse geometric series.
+    A step that fails is measured once more and fails only if that window
+    fails too (see :data:`_ATTEMPTS`). Between the last step that passed and
+    the first that failed, ``_REFINE`` more steps bisect the gap, so the
+    capacity is not just the last point of a coarse geometric series.
     """
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -595,14 +606,21 @@ async def _ramp(
     async def step(count: int, active: int | None = None) -> bool:
         offered = count * scenario.offered_deliveries_per_s / scenario.meetings
         say.say(f"step: {count} meetings, {offered:.0f} deliveries/s offered")
-        window = await _measure(generator, target.stats, say, scenario.seconds, drain, active)
-        window["meetings"] = count
-        passed = (window["delivery_ratio"] or 0) >= 0.999 and (
-            window["latency_ms_p99"] is not None and window["latency_ms_p99"] <= 50
-        )
-        window["passed"] = passed
-        curve.append(window)
-        say.say(_summary(window))
+        for attempt in range(1, _ATTEMPTS + 1):
+            window = await _measure(generator, target.stats, say, scenario.seconds, drain, active)
+            window["meetings"] = count
+            window["attempt"] = attempt
+            passed = (window["delivery_ratio"] or 0) >= 0.999 and (
+                window["latency_ms_p99"] is not None and window["latency_ms_p99"] <= 50
+            )
+            window["passed"] = passed
+            curve.append(window)
+            say.say(_summary(window))
+            if passed:
+                break
+            if attempt < _ATTEMPTS:
+                say.say("failed: measuring the same load once more")
+                await asyncio.sleep(3.0)  # this window's backlog drains first
         if passed:
             nonlocal best
             if best is None or count > best["meetings"]:
