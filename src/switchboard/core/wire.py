@@ -226,8 +226,8 @@ class HeaderReader:
         base = unpacker.tell()
         # Most headers fit in the first _FIRST_FEED bytes: feeding only those
         # keeps the payload out of the unpacker (no copy in, no read-off copy
-        # out). A longer header is fed the rest of MAX_HEADER_BYTES; the
-        # unpacker restarts the map from its first byte.
+        # out). A longer header is fed the rest of MAX_HEADER_BYTES, and the
+        # unpacker goes on with the same header (msgpack's streaming contract).
         fed = len(data) if len(data) <= _FIRST_FEED else _FIRST_FEED
         unpacker.feed(data[:fed])
         try:
