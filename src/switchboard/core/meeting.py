@@ -62,7 +62,7 @@ class Presence(enum.StrEnum):
     """Admitted, connection lost, may resume within the grace period."""
 
 
-_NONE: frozenset[Any] = frozenset()
+_EMPTY_SET: frozenset[Any] = frozenset()
 """The shared empty set: most participants never turn anything off, and a set each
 would cost an idle connection 650 bytes."""
 
@@ -82,9 +82,9 @@ class Participant:
     invitation_id: str
     presence: Presence = Presence.HERE
     tracks: dict[int, Media] = field(default_factory=dict)
-    media_off: frozenset[int] = _NONE
+    media_off: frozenset[int] = _EMPTY_SET
     """Media types this participant turned off (replaced, never changed in place)."""
-    unsubscribed: frozenset[tuple[int, int | None]] = _NONE
+    unsubscribed: frozenset[tuple[int, int | None]] = _EMPTY_SET
     """(sender, track or None for all) this participant turned off (replaced, not changed)."""
     awaiting_key: set[tuple[int, int]] | None = None
     """(sender, track) whose delta frames are skipped until a keyframe; made on first drop."""
