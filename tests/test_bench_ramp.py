@@ -29,14 +29,16 @@ class FakeGenerator:
         return {"joined": len(meetings)}
 
 
-def scripted(verdict: Callable[[int, int], float]) -> tuple[Any, list[tuple[int, int]]]:
-    """A ``_measure`` whose p99 for (active meetings, attempt at that load) is ``verdict``'s."""
+async def ramp(
+    monkeypatch: pytest.MonkeyPatch, verdict: Callable[[int, int], float]
+) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """Run the ramp with windows whose p99 for (load, attempt at that load) is ``verdict``'s."""
+    meetings: list[dict[str, Any]] = []
     seen: list[tuple[int, int]] = []
 
-    async def measure(
-        generator: Any, stats: Any, say: Any, seconds: float, drain: float, active: int | None
-    ) -> dict[str, Any]:
-        load = active if active is not None else current["meetings"]
+    async def measure(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        active = args[5] if len(args) > 5 else kwargs.get("active")
+        load = active if active is not None else len(meetings)
         attempt = sum(1 for m, _ in seen if m == load) + 1
         seen.append((load, attempt))
         return {
@@ -47,21 +49,7 @@ def scripted(verdict: Callable[[int, int], float]) -> tuple[Any, list[tuple[int,
             "generator_cpu_pct": 50.0,
         }
 
-    current: dict[str, int] = {"meetings": 0}
-    return (measure, current), seen
-
-
-async def ramp(
-    monkeypatch: pytest.MonkeyPatch, verdict: Callable[[int, int], float]
-) -> tuple[dict[str, Any], list[tuple[int, int]]]:
-    (measure, current), seen = scripted(verdict)
-    meetings: list[dict[str, Any]] = []
-
-    async def fake(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        current["meetings"] = len(meetings)
-        return await measure(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "_measure", fake)
+    monkeypatch.setattr(runner, "_measure", measure)
     monkeypatch.setattr(runner.asyncio, "sleep", _no_sleep)
     result = await runner._ramp(
         FakeTarget(),  # type: ignore[arg-type]
