@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from switchboard.bench.runner import ServerStats
 from switchboard.client import MediaFrame, Participant, tls_context
 from switchboard.core.wire import Media
 from switchboard.node import Node
@@ -121,14 +122,6 @@ async def test_a_participant_joins_a_meeting_whose_roster_outgrows_a_client_head
         await host.api.close()
 
 
-def _resident_kib(pid: int) -> int:
-    """Anonymous resident memory of ``pid``: the heap and the interpreter's arenas."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    raise AssertionError("no RssAnon in /proc status")
-
-
 async def test_an_idle_connection_holds_no_tls_buffers_in_the_relay(
     serve_factory: Callable[..., ServeProcess],
 ) -> None:
@@ -136,16 +129,20 @@ async def test_an_idle_connection_holds_no_tls_buffers_in_the_relay(
     # buffers resident per connection: 42-43 KiB per idle websocket here. With
     # OpenSSL on the socket (relay._SOCKET_BIO) it measured 18.1.
     served = serve_factory()
+    stats = ServerStats(served.proc.pid)  # the benchmark's own reading of /proc
     ctx = tls_context(served.ca_file)
     held = []
     try:
         for _ in range(100):  # warm-up: first-use caches and arenas
             held.append(await connect(served.relay_url, ssl=ctx, open_timeout=TIMEOUT))
-        before = _resident_kib(served.proc.pid)
+        before = stats.memory_kib("RssAnon")  # the heap and the interpreter's arenas
+        assert before is not None
         for _ in range(400):
             held.append(await connect(served.relay_url, ssl=ctx, open_timeout=TIMEOUT))
         await asyncio.sleep(0.2)
-        per_connection = (_resident_kib(served.proc.pid) - before) / 400
+        after = stats.memory_kib("RssAnon")
+        assert after is not None
+        per_connection = (after - before) / 400
         assert per_connection < 22, f"{per_connection:.1f} KiB per idle connection"
     finally:
         for ws in held:
