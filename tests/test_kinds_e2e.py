@@ -84,7 +84,7 @@ PING = encode_control("ping")
 """Not a control operation: the relay answers ``bad_op`` to the sender alone, at no rate cost."""
 
 
-def _is_ping_answer(event: Event) -> bool:
+def is_ping_answer(event: Event) -> bool:
     return isinstance(event, ErrorFrame) and event.code == "bad_op"
 
 
@@ -152,7 +152,7 @@ async def barrier(
         return unmarked(got)
 
     mine, *theirs = await asyncio.gather(
-        until(sender, _is_ping_answer), *(collect(o) for o in others)
+        until(sender, is_ping_answer), *(collect(o) for o in others)
     )
     return seen(mine), {o.pid: seen(t) for o, t in zip(others, theirs, strict=True)}
 
@@ -333,7 +333,7 @@ async def test_permission_table_exhaustively_over_the_wire(h: Host) -> None:
                 # ping answer says the relay has handled its frames; the host's
                 # barrier then collects what they caused everywhere.
                 await s.send_raw(PING)
-                mine = seen(await until(s, _is_ping_answer))
+                mine = seen(await until(s, is_ping_answer))
                 host_saw, theirs = await barrier(host, [p for p in everyone if p is not host])
                 got = {**theirs, host.pid: host_saw, s.pid: mine + theirs[s.pid]}
             else:

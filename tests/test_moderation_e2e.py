@@ -39,7 +39,7 @@ from switchboard.core.wire import Media
 from switchboard.node import Node
 
 from .conftest import TIMEOUT, Host, make_settings, next_event, signed_in_host
-from .test_kinds_e2e import PING, barrier, join, seen, settle, until
+from .test_kinds_e2e import PING, barrier, is_ping_answer, join, seen, settle, until
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 """Tests that share a module node run on the module's event loop."""
@@ -441,6 +441,48 @@ async def test_webinar_mode_leaves_attendees_receiving_only(h: Host, via: str) -
     assert mine == [
         Notice("track", {"pid": att.pid, "track": 1, "m": int(Media.VIDEO), "on": True})
     ]
+    for p in everyone:
+        await p.leave()
+
+
+@module_loop
+async def test_a_repeated_chat_header_is_routed_afresh_each_time(h: Host) -> None:
+    """The relay reuses its parse of a chat header that a sender repeats (``Hub.switch``), never
+    the routing: the same bytes are refused once the sender may no longer chat and flow again
+    when it may, and public and private messages in turn each reach their own audience."""
+    mid = await h.meeting()
+    host = await join(h, mid, "host")
+    att = await join(h, mid, "attendee")
+    other = await join(h, mid, "attendee")
+    everyone = [host, att, other]
+    await settle(everyone)
+    hello = Chat(att.pid, b"hello", False)
+    psst = Chat(att.pid, b"psst", True)
+
+    await att.send_chat("hello")
+    await att.send_chat("hello")
+    mine, theirs = await barrier(att, everyone)
+    assert mine == []
+    assert theirs == {host.pid: [hello, hello], other.pid: [hello, hello]}
+
+    await host.control("role", pid=att.pid, role="support")
+    await barrier(host, everyone)
+    await att.send_chat("hello")
+    await att.send_raw(PING)  # a support participant's barrier marker (a chat) would be refused
+    assert seen(await until(att, is_ping_answer)) == [("error", "not_allowed")]
+    mine, theirs = await barrier(host, everyone)
+    assert theirs == {att.pid: [], other.pid: []}
+
+    await host.control("role", pid=att.pid, role="attendee")
+    await barrier(host, everyone)
+    await att.send_chat("hello")
+    await att.send_chat("psst", to=other.pid)
+    await att.send_chat("hello")
+    await att.send_chat("psst", to=host.pid)
+    await att.send_chat("psst", to=host.pid)
+    mine, theirs = await barrier(att, everyone)
+    assert mine == []
+    assert theirs == {host.pid: [hello, hello, psst, psst], other.pid: [hello, psst, hello]}
     for p in everyone:
         await p.leave()
 

@@ -164,6 +164,7 @@ class RelayConnection(asyncio.Protocol):
         "participant",
         "pending_bytes",
         "proto",
+        "repeat",
         "room",
         "send_buffer",
         "transport",
@@ -204,6 +205,9 @@ class RelayConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
+        self.repeat: tuple[bytes, wire.ClientFrame, bytes] | None = None
+        """The last chat header this participant sent: its bytes, its parse, and the
+        header forwarded for it (see :meth:`Hub.switch`)."""
         self.last_rx = time.monotonic()
         self._fragments: list[bytes | bytearray | memoryview] | None = None
         self._join_task: asyncio.Task[None] | None = None
