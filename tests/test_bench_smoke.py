@@ -94,6 +94,32 @@ async def test_the_comparison_measures_every_relay_and_writes_json_markdown_and_
         assert stamped.read_bytes().startswith(PNG)
 
 
+async def test_repeated_rounds_interleave_the_relays_and_report_each_pairs_median(
+    tmp_path: Path,
+) -> None:
+    relays = ["--relay", "ref", "--relay", "switchboard"]
+    rows = await run.main([*TINY, *relays, "--repeat", "2", "--no-plots", "--out", str(tmp_path)])
+
+    report = the_report(tmp_path)
+    assert [(r["relay"], r["round"]) for r in report["rounds"]] == [
+        ("ref", 1),
+        ("switchboard", 1),
+        ("ref", 2),
+        ("switchboard", 2),
+    ]
+    assert report["results"] == rows
+    assert report["settings"]["repeat"] == 2
+    for row in rows:
+        assert_delivered(row)
+        assert row["rounds"] == 2
+        costs = [
+            r["server_cpu_us_per_delivery"] for r in report["rounds"] if r["relay"] == row["relay"]
+        ]
+        assert row["server_cpu_us_per_delivery_rounds"] == costs
+        assert row["server_cpu_us_per_delivery"] == min(costs)
+    assert [entry["scenario"] for entry in report["ratios"]] == ["audio"]
+
+
 async def test_the_socketio_and_nats_peers_run_or_are_recorded_as_skipped(tmp_path: Path) -> None:
     has_nats = bool(shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin"))
     rows = await run.main(

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "markdown", "ratios", "write"]
+__all__ = ["COLUMNS", "markdown", "medians", "ratios", "write"]
 
 COLUMNS = (
     ("scenario", "scenario"),
@@ -59,6 +59,40 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu": model, "platform": platform.platform()}
 
 
+def medians(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scenario, relay): the median of its rounds by CPU per delivery.
+
+    Two runs of the same relay on this machine differ by 5 to 20% in CPU per
+    delivery, more than some differences a comparison is after; a run of
+    several interleaved rounds (``--repeat``) reports each pair's median round,
+    whole (its latency, memory and all), with every round's CPU figure beside
+    it (``server_cpu_us_per_delivery_rounds``, in run order) so the spread is
+    on record. For an even count the lower of the two middle rounds is taken.
+    A pair measured once is returned as it is.
+    """
+    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("scenario"), row.get("relay")), []).append(row)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(dict(group[0]))
+            continue
+        costs = [row.get("server_cpu_us_per_delivery") for row in group]
+        ranked = sorted(
+            group,
+            key=lambda row: (
+                row.get("server_cpu_us_per_delivery") is None,
+                row.get("server_cpu_us_per_delivery") or 0.0,
+            ),
+        )
+        chosen = dict(ranked[(len(ranked) - 1) // 2])
+        chosen["rounds"] = len(group)
+        chosen["server_cpu_us_per_delivery_rounds"] = costs
+        out.append(chosen)
+    return out
+
+
 def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per scenario: switchboard's CPU per delivery against each peer's (same run).
 
@@ -88,13 +122,13 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The results (and the ratios) as Markdown tables."""
-
+    """The results (and the ratios) as Markdown tables; repeated pairs by their median."""
+    rows = medians(rows)
     lines = [
         "| " + " | ".join(label for _, label in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(_cell(row.get(k)) for k, _ in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_column(row, k) for k, _ in COLUMNS) + " |" for row in rows]
     extra = [row for row in rows if row.get("scenario") in ("idle", "ramp", "slow")]
     if extra:
         lines += ["", "| scenario | relay | figure |", "|---|---|---|"]
@@ -134,6 +168,15 @@ def _special(row: Mapping[str, Any]) -> str:
     )
 
 
+def _column(row: Mapping[str, Any], key: str) -> str:
+    rounds = row.get("server_cpu_us_per_delivery_rounds")
+    if key != "server_cpu_us_per_delivery" or not rounds:
+        return cell_or(row, key)
+    known = [cost for cost in rounds if cost is not None]
+    spread = f" ({min(known)}-{max(known)})" if known else ""
+    return f"{cell_or(row, key)}{spread}"
+
+
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -146,8 +189,14 @@ def cell_or(row: Mapping[str, Any], key: str) -> str:
 def write(
     out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]
 ) -> tuple[Path, Path]:
-    """Write ``<stamp>.json`` and ``<stamp>.md`` (and ``latest.*``) under ``out``."""
+    """Write ``<stamp>.json`` and ``<stamp>.md`` (and ``latest.*``) under ``out``.
+
+    ``results`` holds one row per (scenario, relay), the median round of a
+    repeated pair (:func:`medians`); every round's row is kept under
+    ``rounds`` when any pair ran more than once.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    results = medians(rows)
     stamp = base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     n = 1
     while (out / f"{stamp}.json").exists():  # two runs in one second keep both reports
@@ -159,9 +208,11 @@ def write(
         "python": sys.version.split()[0],
         "versions": _versions(),
         "settings": dict(settings),
-        "results": list(rows),
-        "ratios": ratios(rows),
+        "results": results,
+        "ratios": ratios(results),
     }
+    if len(results) < len(rows):
+        report["rounds"] = list(rows)
     text = json.dumps(report, indent=2, default=str)
     table = markdown(rows)
     json_path, md_path = out / f"{stamp}.json", out / f"{stamp}.md"
