@@ -120,6 +120,19 @@ async def test_repeated_rounds_interleave_the_relays_and_report_each_pairs_media
     assert [entry["scenario"] for entry in report["ratios"]] == ["audio"]
 
 
+async def test_slow_readers_read_a_fraction_while_everyone_else_gets_everything(
+    tmp_path: Path,
+) -> None:
+    slow = ["--scenario", "slow", "--scale", "0.1", "--seconds", "2", "--relay", "switchboard"]
+    (row,) = await run.main([*slow, "--no-plots", "--out", str(tmp_path)])
+
+    assert_delivered(row)
+    assert row["baseline"]["delivery_ratio"] > 0.99
+    # Each slow reader is refilled every 100 ms on a tick of its own (worker.py); one that
+    # was never refilled would read nothing, one never paused would read everything.
+    assert 0.01 < row["slow_delivery_ratio"] < 0.5
+
+
 async def test_the_socketio_and_nats_peers_run_or_are_recorded_as_skipped(tmp_path: Path) -> None:
     has_nats = bool(shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin"))
     rows = await run.main(

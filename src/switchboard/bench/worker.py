@@ -319,7 +319,8 @@ class Worker:
         return rings
 
     def _slow_allowance(self) -> float:
-        """Bytes a slow reader may read per refill (every 100 ms): a fraction of its inflow."""
+        """Bytes a slow reader may read per refill (every 100 ms, readers on staggered ticks):
+        a fraction of its inflow."""
         if not self.streams:
             return 0.0
         senders = self.spec.get("senders_per_meeting") or 1
@@ -358,8 +359,12 @@ class Worker:
                         sent += 1
                         expected += tx.normal
                         expected_slow += tx.slow
-                if slow and tick % refill_every == 0:
-                    for link in slow:
+                if slow:
+                    # Each slow reader is refilled every 100 ms, but on its own
+                    # tick: refilled together, fifty of them would resume in
+                    # the same millisecond and stall this loop (and every other
+                    # receiver's timestamps) while their backlogs are read.
+                    for link in slow[tick % refill_every :: refill_every]:
                         link.refill(allowance)
                 tick += 1
             delay = start + tick * _TICK - time.monotonic()
