@@ -574,6 +574,59 @@ async def test_a_20_mib_document_with_default_settings_reaches_every_receiver(
 
 
 @module_loop
+async def test_media_read_by_header_layout_is_still_checked_frame_by_frame(h: Host) -> None:
+    """Media headers without a timestamp are read by byte layout after a track's first frame
+    (``wire.read_media``); the track is still checked on every frame, and a track republished
+    with another media type is read right."""
+    mid = await h.meeting()
+    host = await join(h, mid, "host")
+    pres = await join(h, mid, "presenter")
+    att = await join(h, mid, "attendee")
+    everyone = [host, pres, att]
+    await settle(everyone)
+    viewers = [host, att]
+
+    def frame(seq: int, media: Media, key: bool) -> MediaFrame:
+        return MediaFrame(pres.pid, 1, media, seq, key, None, b"m%d" % seq)
+
+    await pres.publish(1, Media.AUDIO)
+    await barrier(pres, viewers)
+    sent = [(0, False), (1, True), (200, False), (70_000, True), (2**32 - 1, False)]
+    for seq, key in sent:
+        await pres.send_media(1, Media.AUDIO, seq, b"m%d" % seq, key=key)
+    mine, theirs = await barrier(pres, viewers)
+    assert mine == []
+    expected = [frame(seq, Media.AUDIO, key) for seq, key in sent]
+    assert theirs == {host.pid: expected, att.pid: expected}
+    # The SDK's headers have the layout: after the first frame, no frame of the track was parsed.
+    (conn,) = [c for c in h.node.hub.connections if c.participant and c.participant.pid == pres.pid]
+    assert [(layout.track, layout.m) for layout in conn.layouts] == [(1, int(Media.AUDIO))]
+
+    await pres.publish(1, Media.AUDIO, on=False)
+    await pres.send_media(1, Media.AUDIO, 2, b"gone")
+    mine, theirs = await barrier(pres, viewers)
+    withdrawn = Notice("track", {"pid": pres.pid, "track": 1, "m": int(Media.AUDIO), "on": False})
+    assert mine == [withdrawn, ("error", "track_not_published")]
+    assert theirs == {host.pid: [withdrawn], att.pid: [withdrawn]}
+
+    await pres.publish(1, Media.VIDEO)
+    await pres.send_media(1, Media.VIDEO, 3, b"m3", key=True)
+    await pres.send_media(1, Media.VIDEO, 4, b"m4")
+    await pres.send_media(1, Media.AUDIO, 5, b"m5")  # the audio layout, on a video track now
+    mine, theirs = await barrier(pres, viewers)
+    published = Notice("track", {"pid": pres.pid, "track": 1, "m": int(Media.VIDEO), "on": True})
+    assert mine == [published, ("error", "bad_field")]
+    expected = [published, frame(3, Media.VIDEO, True), frame(4, Media.VIDEO, False)]
+    assert theirs == {host.pid: expected, att.pid: expected}
+    assert [(layout.track, layout.m) for layout in conn.layouts] == [
+        (1, int(Media.AUDIO)),
+        (1, int(Media.VIDEO)),
+    ]
+    for p in everyone:
+        await p.leave()
+
+
+@module_loop
 async def test_media_publish_subscribe_receive_and_keyframe_requests(h: Host) -> None:
     mid = await h.meeting()
     host = await join(h, mid, "host")

@@ -1103,3 +1103,95 @@ def test_a_reused_reader_reads_headers_of_every_length_as_a_fresh_decode_would()
         data = msgpack.packb({"k": int(Kind.CHAT), "pad": "p" * pad}) + b"payload" * 3
         assert split_or_code(reader.split, data) == split_or_code(wire.split_frame, data), pad
         assert reader.split(short) == wire.split_frame(short), pad
+
+
+# media headers read by layout (wire.media_layout / wire.read_media)
+
+
+def _media(**fields: Any) -> bytes:
+    return msgpack.packb({"k": int(Kind.MEDIA), **fields}) + b"opaque payload"
+
+
+def _layout_of(message: bytes, sender: int = 7) -> wire.MediaLayout | None:
+    frame = wire.parse_client_frame(message)
+    return wire.media_layout(message[: frame.payload_offset], frame, sender)
+
+
+_SEQS = st.one_of(
+    st.integers(0, 127), st.integers(128, 255), st.integers(256, 65535), st.integers(65536, _U32)
+)
+
+
+@given(
+    track=st.integers(0, 0xFFFF),
+    m=st.sampled_from([0, 1, 2]),
+    first=_SEQS,
+    seq=_SEQS,
+    key=st.booleans(),
+    sender=st.integers(0, _U32),
+    payload=st.binary(max_size=64),
+)
+def test_a_media_header_read_by_layout_is_what_the_parser_reads(
+    track: int, m: int, first: int, seq: int, key: bool, sender: int, payload: bytes
+) -> None:
+    learned = msgpack.packb({"k": 4, "track": track, "m": m, "seq": first, "key": not key})
+    layout = wire.media_layout(learned, wire.parse_client_frame(learned), sender)
+    assert layout is not None
+    message = msgpack.packb({"k": 4, "track": track, "m": m, "seq": seq, "key": key}) + payload
+    for data in (message, memoryview(message), bytearray(message)):
+        hit = wire.read_media(layout, data)
+        assert hit is not None
+        frame, head = hit
+        parsed = wire.parse_client_frame(message)
+        assert frame == parsed
+        assert type(frame) is ClientFrame
+        assert head == wire.pack_data_header(Kind.MEDIA, sender, None, parsed.fields)
+        assert message[frame.payload_offset :] == payload
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"k": 4, "m": 1, "track": 1, "seq": 0, "key": True},  # another key order
+        {"k": 4, "track": 1, "m": 1, "seq": 0, "key": True, "ts": 5},  # a timestamp
+        {"k": 4, "track": 1, "m": 1, "seq": 0, "key": True, "extra": 1},  # an unknown key
+        {"k": 4, "track": 1, "m": 1, "seq": 0},  # no key flag (the parser defaults it)
+    ],
+)
+def test_only_the_sdks_exact_media_header_gets_a_layout(header: dict[str, Any]) -> None:
+    assert _layout_of(msgpack.packb(header)) is None
+
+
+def test_a_header_not_in_msgpacks_shortest_form_gets_no_layout() -> None:
+    head = msgpack.packb({"k": 4, "track": 1, "m": 1, "seq": 0, "key": True})
+    wide = head.replace(b"\xa3seq\x00", b"\xa3seq\xce\x00\x00\x00\x00")
+    assert wire.parse_client_frame(wide).fields["seq"] == 0
+    assert _layout_of(wide) is None
+    assert _layout_of(head) is not None
+
+
+def test_frames_of_another_shape_are_left_to_the_parser() -> None:
+    layout = _layout_of(_media(track=1, m=1, seq=0, key=True))
+    assert layout is not None
+    left = [
+        _media(track=2, m=1, seq=1, key=False),  # another track
+        _media(track=1, m=0, seq=1, key=False),  # another media type
+        _media(track=1, m=1, seq=1, key=False, ts=9),  # one more field
+        _media(track=1, m=1, seq=1 << 40, key=False),  # seq beyond 32 bits (the parser refuses)
+        _media(track=1, m=1, seq=-1, key=False),  # a negative seq (the parser refuses)
+        _media(track=1, m=1, seq=1, key=1),  # key not a boolean (the parser refuses)
+        _media(track=1, m=1, seq=1, kex=False),  # another key name
+        msgpack.packb({"k": 1}) + b"chat",
+    ]
+    for message in left:
+        assert wire.read_media(layout, message) is None, message
+
+
+def test_a_frame_cut_inside_its_header_is_left_to_the_parser() -> None:
+    message = _media(track=1, m=1, seq=70000, key=True)
+    layout = _layout_of(message)
+    assert layout is not None
+    end = wire.parse_client_frame(message).payload_offset
+    for cut in range(end):
+        assert wire.read_media(layout, message[:cut]) is None
+    assert wire.read_media(layout, message[:end]) is not None  # the header, no payload

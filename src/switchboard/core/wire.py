@@ -18,6 +18,7 @@ This module is sans-I/O: bytes in, values out. See ``docs/protocol.md``.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -39,13 +40,16 @@ __all__ = [
     "JoinRequest",
     "Kind",
     "Media",
+    "MediaLayout",
     "encode_control",
     "encode_data",
     "encode_join",
+    "media_layout",
     "pack_data_header",
     "parse_client_frame",
     "parse_control",
     "parse_join",
+    "read_media",
     "split_frame",
 ]
 
@@ -466,6 +470,99 @@ def pack_data_header(
     if to is not None:
         header["to"] = to
     return _pack(header)  # type: ignore[no-any-return]
+
+
+# Media headers by layout. One sender's media headers on one track differ from
+# frame to frame only in 'seq' and 'key'. Once such a header has been parsed the
+# normal way and found to be exactly the msgpack encoding of the SDK's five
+# fields, the sender's next headers on that track are read at those byte
+# offsets and the forwarded header is spliced, without an unpacker or a packer.
+
+_KEY_FALSE = _pack("key") + _pack(False)
+_KEY_TRUE = _pack("key") + _pack(True)
+_KEY = _pack("key")
+_SEQ16 = struct.Struct("!H").unpack_from
+_SEQ32 = struct.Struct("!I").unpack_from
+_new_frame = tuple.__new__
+"""Makes a :class:`ClientFrame` without the named tuple's Python-level ``__new__``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaLayout:
+    """What one sender's media headers on one track share (see :func:`media_layout`)."""
+
+    prefix: bytes
+    """The client's header up to the value of 'seq': ``{k: 4, track: T, m: M, seq:``."""
+    out_prefix: bytes
+    """The forwarded header up to the value of 'seq': ``{k: 4, from: P, track: T, m: M, seq:``."""
+    track: int
+    m: int
+
+
+def media_layout(header: bytes, frame: ClientFrame, sender: int) -> MediaLayout | None:
+    """The layout of ``header``, a media header just parsed into ``frame`` for participant
+    ``sender``, if it is the SDK's: exactly the msgpack encoding of ``k, track, m, seq, key``
+    in that order and nothing else. ``None`` otherwise (such a sender's frames are all parsed).
+
+    Because the bytes must be the encoding of what the parser read, :func:`read_media`
+    accepts no header that the parser would read differently.
+    """
+    fields = frame.fields
+    if frame.kind is not Kind.MEDIA or frame.to is not None or len(fields) != 4:
+        return None
+    track, m, seq, key = fields["track"], fields["m"], fields["seq"], fields["key"]
+    parts = (b"\x85", _pack("k"), _pack(int(Kind.MEDIA)), _pack("track"), _pack(track))
+    prefix = b"".join((*parts, _pack("m"), _pack(m), _pack("seq")))
+    if header != prefix + _pack(seq) + (_KEY_TRUE if key else _KEY_FALSE):
+        return None
+    out = pack_data_header(Kind.MEDIA, sender, None, fields)
+    return MediaLayout(prefix, out[: len(out) - len(_pack(seq)) - len(_KEY_TRUE)], track, m)
+
+
+def read_media(
+    layout: MediaLayout, data: bytes | bytearray | memoryview
+) -> tuple[ClientFrame, bytes] | None:
+    """The frame ``data`` holds if its header has ``layout``, and the header to forward for
+    it; ``None`` if not (the caller parses it the normal way).
+
+    'seq' is read in any msgpack unsigned form up to 32 bits, 'key' as a boolean, as the
+    parser reads them; the forwarded header holds 'seq' in its shortest form, as
+    :func:`pack_data_header` writes it.
+    """
+    prefix = layout.prefix
+    at = len(prefix)
+    if data[:at] != prefix:
+        return None
+    try:
+        first = data[at]
+        if first < 0x80:
+            seq = first
+            at += 1
+        elif first == 0xCD:
+            seq = _SEQ16(data, at + 1)[0]
+            at += 3
+        elif first == 0xCE:
+            seq = _SEQ32(data, at + 1)[0]
+            at += 5
+        elif first == 0xCC:
+            seq = data[at + 1]
+            at += 2
+        else:
+            return None
+        flag = data[at + 4]
+    except (IndexError, struct.error):  # the frame ends inside the header
+        return None
+    if flag == 0xC2:
+        key, tail = False, _KEY_FALSE
+    elif flag == 0xC3:
+        key, tail = True, _KEY_TRUE
+    else:
+        return None
+    if data[at : at + 4] != _KEY:
+        return None
+    fields = {"track": layout.track, "m": layout.m, "seq": seq, "key": key}
+    frame: ClientFrame = _new_frame(ClientFrame, (Kind.MEDIA, None, at + 5, None, fields))
+    return frame, b"".join((layout.out_prefix, _pack(seq), tail))
 
 
 def encode_data(

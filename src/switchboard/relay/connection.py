@@ -62,6 +62,9 @@ _SLOW_CLOSE_TIMEOUT = 1.0
 _BULK_HIGH = 128 * 1024
 """Document frames wait in the bulk queue while more than this is buffered for the socket."""
 _BULK_PUMP_DELAY = 0.02
+_LAYOUTS = 4
+"""Media header layouts kept per connection: one per track a participant sends."""
+_LAYOUT_MISSES = 16
 
 
 _WS_LOGGER = frame_blind("switchboard.relay.websocket")
@@ -159,6 +162,8 @@ class RelayConnection(asyncio.Protocol):
         "bulk_limit",
         "hub",
         "last_rx",
+        "layout_misses",
+        "layouts",
         "max_size",
         "open",
         "participant",
@@ -205,6 +210,10 @@ class RelayConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
+        self.layouts: tuple[wire.MediaLayout, ...] = ()
+        """The layouts of this participant's media headers, one per track, newest last."""
+        self.layout_misses = 0
+        """Media headers that had no layout (not the SDK's); after a few, none is sought."""
         self.repeat: tuple[bytes, wire.ClientFrame, bytes] | None = None
         """The last chat header this participant sent: its bytes, its parse, and the
         header forwarded for it (see :meth:`Hub.switch`)."""
@@ -467,6 +476,21 @@ class RelayConnection(asyncio.Protocol):
                 self._abort()
             else:
                 self.close(CloseCode.JOIN_TIMEOUT, "no join message in time")
+
+    def learn_layout(self, header: bytes, frame: wire.ClientFrame) -> None:
+        """Keep the layout of a media header that was just parsed (see :func:`wire.read_media`).
+
+        At most :data:`_LAYOUTS` are kept, the oldest giving way (a track republished
+        with another media type); a participant whose headers have no layout stops
+        being asked after :data:`_LAYOUT_MISSES` of them.
+        """
+        if self.participant is None or self.layout_misses >= _LAYOUT_MISSES:
+            return
+        layout = wire.media_layout(header, frame, self.participant.pid)
+        if layout is None:
+            self.layout_misses += 1
+        else:
+            self.layouts = (*self.layouts[1 - _LAYOUTS :], layout)
 
     # outbound
 

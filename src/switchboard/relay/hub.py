@@ -503,18 +503,28 @@ class Hub:
         # encoding says, so a frame that starts with the bytes of the last one's
         # header has that header: the parse and the forwarded header are reused.
         # Only the parse: the frame is routed (rate, role, recipient) as always.
+        # Media headers differ only in 'seq' and 'key': those of a track whose
+        # header has been parsed once are read by layout (wire.read_media).
         repeat = conn.repeat
-        if repeat is not None and data[: len(repeat[0])] == repeat[0]:
+        hit = None
+        for layout in conn.layouts:
+            hit = wire.read_media(layout, data)
+            if hit is not None:
+                break
+        if hit is not None:
+            frame, head = hit
+        elif repeat is not None and data[: len(repeat[0])] == repeat[0]:
             frame, head = repeat[1], repeat[2]
         else:
             frame = self._headers.parse_client_frame(data)
-            if frame.kind is Kind.CHAT:
+            head = None
+            if frame.kind is Kind.MEDIA:
+                conn.learn_layout(bytes(data[: frame.payload_offset]), frame)
+            elif frame.kind is Kind.CHAT:
                 # A chat frame goes where its 'to' says: the forwarded header is
                 # known before routing.
                 head = wire.pack_data_header(Kind.CHAT, sender.pid, frame.to, frame.fields)
                 conn.repeat = (bytes(data[: frame.payload_offset]), frame, head)
-            else:
-                head = None
         meeting = room.meeting
         now = self.clock.mono()
         kind = frame.kind
