@@ -498,13 +498,14 @@ class Hub:
         room, sender = conn.room, conn.participant
         assert room is not None
         assert sender is not None
-        # A sender's chat messages carry the same header message after message
-        # ({k: 1}, plus 'to' for a private one). A msgpack map ends where its
-        # encoding says, so a frame that starts with the bytes of the last one's
-        # header has that header: the parse and the forwarded header are reused.
-        # Only the parse: the frame is routed (rate, role, recipient) as always.
-        # Media headers differ only in 'seq' and 'key': those of a track whose
-        # header has been parsed once are read by layout (wire.read_media).
+        # Headers are parsed once per sender and track where they repeat; every
+        # frame is still routed (rate, role, track, recipient) below.
+        # - Media headers differ only in 'seq' and 'key': those of a track whose
+        #   header has been parsed once are read by layout (wire.read_media).
+        # - A sender's chat messages carry the same header message after message
+        #   ({k: 1}, plus 'to' for a private one). A msgpack map ends where its
+        #   encoding says, so a frame that starts with the bytes of the last
+        #   one's header has that header: its parse and forwarded header are reused.
         repeat = conn.repeat
         hit = None
         for layout in conn.layouts:
