@@ -477,8 +477,9 @@ class RelayConnection(asyncio.Protocol):
             else:
                 self.close(CloseCode.JOIN_TIMEOUT, "no join message in time")
 
-    def learn_layout(self, header: bytes, frame: wire.ClientFrame) -> None:
-        """Keep the layout of a media header that was just parsed (see :func:`wire.read_media`).
+    def learn_layout(self, data: bytes | bytearray | memoryview, frame: wire.ClientFrame) -> None:
+        """Keep the layout of the media header of ``data``, just parsed into ``frame``
+        (see :func:`wire.read_media`).
 
         At most :data:`_LAYOUTS` are kept, the oldest giving way (a track republished
         with another media type); a participant whose headers have no layout stops
@@ -486,6 +487,7 @@ class RelayConnection(asyncio.Protocol):
         """
         if self.participant is None or self.layout_misses >= _LAYOUT_MISSES:
             return
+        header = bytes(data[: frame.payload_offset])  # copied only while a layout is sought
         layout = wire.media_layout(header, frame, self.participant.pid)
         if layout is None:
             self.layout_misses += 1

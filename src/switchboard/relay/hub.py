@@ -520,7 +520,7 @@ class Hub:
             frame = self._headers.parse_client_frame(data)
             head = None
             if frame.kind is Kind.MEDIA:
-                conn.learn_layout(bytes(data[: frame.payload_offset]), frame)
+                conn.learn_layout(data, frame)
             elif frame.kind is Kind.CHAT:
                 # A chat frame goes where its 'to' says: the forwarded header is
                 # known before routing.
