@@ -36,6 +36,7 @@ RELAYS = (
     "ref",
     "switchboard",
     "switchboard-asyncio",
+    "switchboard-pure",
     "naive",
     "broadcast",
     "socketio",
@@ -49,10 +50,14 @@ async def start(relay: str, workdir: Path, cpus: list[int]) -> Target:
     """Start ``relay`` for one scenario."""
     if relay == "switchboard":
         return await start_switchboard(workdir, cpus=cpus)
-    if relay == "switchboard-asyncio":  # the loop's own TLS transport, same relay otherwise
-        target = await start_switchboard(
-            workdir, cpus=cpus, env={"SWITCHBOARD_TLS_TRANSPORT": "asyncio"}
-        )
+    variants = {
+        # the loop's own TLS transport, same relay otherwise
+        "switchboard-asyncio": {"SWITCHBOARD_TLS_TRANSPORT": "asyncio"},
+        # the pure-Python core (relay/_purecore.py) instead of the compiled one
+        "switchboard-pure": {"SWITCHBOARD_PURE_PYTHON": "1"},
+    }
+    if relay in variants:
+        target = await start_switchboard(workdir, cpus=cpus, env=variants[relay])
         target.name = relay
         return target
     module = importlib.import_module(f"benchmarks.peers.{relay}")

@@ -22,7 +22,9 @@ ensure_venv() {  # $1: pip extras, e.g. "" or "[test]"
   if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
   fi
-  want="$(cat pyproject.toml | sha256sum | cut -c1-16)$extras"
+  # Reinstall when the project's metadata or its compiled core changes (an
+  # editable install builds src/switchboard/relay/_core.pyx in place).
+  want="$(cat pyproject.toml src/switchboard/relay/_core.pyx | sha256sum | cut -c1-16)$extras"
   stamp=".venv/.switchboard-installed"
   if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip

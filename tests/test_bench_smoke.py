@@ -20,6 +20,7 @@ import pytest
 from benchmarks import run
 
 from switchboard.node import Node
+from switchboard.relay import connection
 
 from .conftest import TIMEOUT, add_host, switchboard_cmd
 
@@ -27,7 +28,7 @@ TINY = ["--scenario", "audio", "--scale", "0.005", "--seconds", "1"]
 PNG = b"\x89PNG\r\n\x1a\n"
 # Python peers, always installable; socket.io and NATS have a test of their own,
 # Node.js (npm install at first start) is left to full runs.
-FAST_RELAYS = ("switchboard", "ref", "naive", "broadcast")
+FAST_RELAYS = ("switchboard", "switchboard-pure", "ref", "naive", "broadcast")
 BENCH_EXTRA = ("picows", "hdrh", "numpy", "matplotlib")
 
 
@@ -80,6 +81,7 @@ async def test_the_comparison_measures_every_relay_and_writes_json_markdown_and_
         assert row["server_rss_peak_mib"] is not None
     report = the_report(tmp_path)
     assert report["results"] == rows
+    assert report["relay_core"] == ("compiled" if connection.COMPILED else "python")
     assert report["settings"]["skipped"] == []
     assert report["settings"]["scenarios"] == {"audio": run.SCENARIOS["audio"].description}
     (table,) = (p for p in tmp_path.glob("*.md") if p.name != "latest.md")

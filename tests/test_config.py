@@ -92,6 +92,13 @@ def test_environment_without_prefix_is_ignored() -> None:
     assert settings == Settings()
 
 
+def test_the_process_variables_are_not_settings() -> None:
+    # SWITCHBOARD_PURE_PYTHON picks the relay's core at import; a settings load must not
+    # refuse it as an unknown setting, nor may anything else with the prefix slip by.
+    assert load(environ={"SWITCHBOARD_PURE_PYTHON": "1"}) == load(environ={})
+    raises_config(environ={"SWITCHBOARD_PURE_PYTHONX": "1"})
+
+
 def test_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(f"{ENV_PREFIX}API_PORT", "7777")
     assert Settings.load().api_port == 7777

@@ -47,14 +47,19 @@ def all_modules() -> list[tuple[str, Path]]:
             if info.ispkg:
                 found.append((name, directory / info.name / "__init__.py"))
                 walk(directory / info.name, name)
-            else:
+            elif (directory / f"{info.name}.py").is_file() or not (
+                directory / f"{info.name}.pyx"
+            ).is_file():
                 found.append((name, directory / f"{info.name}.py"))
+            # else a compiled extension built from a .pyx: see COMPILED_MODULES.
 
     walk(PACKAGE_DIR, "switchboard")
     return found
 
 
 MODULES = all_modules()
+COMPILED_MODULES = sorted(PACKAGE_DIR.rglob("*.pyx"))
+"""Cython sources: checked through the module they build (not Python syntax)."""
 CORE_FILES = sorted(p for p in CORE_DIR.glob("*.py"))
 
 
@@ -248,3 +253,17 @@ def test_module_has_all_naming_only_defined_names(name: str, path: Path) -> None
     assert len(exported) == len(set(exported)), f"{name}: duplicates in __all__"
     missing = set(exported) - top_level_names(tree)
     assert not missing, f"{name}: __all__ names undefined {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", COMPILED_MODULES, ids=lambda p: p.stem)
+def test_a_compiled_module_documents_itself_and_has_a_python_twin(path: Path) -> None:
+    """A .pyx module has the docstring, __all__ and pure-Python twin the relay falls back to."""
+    relative = path.relative_to(PACKAGE_DIR.parent).with_suffix("")
+    name = ".".join(relative.parts)
+    twin = path.with_name(f"_pure{path.stem.lstrip('_')}.py")  # _core.pyx: _purecore.py
+    assert twin.is_file(), f"{name} has no pure-Python twin {twin.name}"
+    source = path.read_text(encoding="utf-8")
+    assert source.split("\n", 1)[1].lstrip().startswith('"""'), f"{name} has no module docstring"
+    twin_all = declared_all(parse(twin))
+    assert twin_all is not None
+    assert f"__all__ = {twin_all!r}".replace("'", '"') in source, f"{name}: __all__ differs"

@@ -23,9 +23,12 @@ from typing import Any
 from .core.limits import KindLimit, Limits
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "mask_url"]
+__all__ = ["ENV_PREFIX", "PROCESS_ENV", "Settings", "mask_url"]
 
 ENV_PREFIX = "SWITCHBOARD_"
+PROCESS_ENV = frozenset({"SWITCHBOARD_PURE_PYTHON"})
+"""Variables read by the process itself, not settings: ``SWITCHBOARD_PURE_PYTHON=1`` makes the
+relay run its pure-Python core (read when switchboard.relay.connection is imported)."""
 
 
 _USERINFO_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
@@ -203,7 +206,7 @@ class Settings:
                 raw[key] = (value, f"{config_file}")
         env = os.environ if environ is None else environ
         for name, value in env.items():
-            if name.startswith(ENV_PREFIX):
+            if name.startswith(ENV_PREFIX) and name not in PROCESS_ENV:
                 raw[name[len(ENV_PREFIX) :].lower()] = (value, f"${name}")
         for key, value in (overrides or {}).items():
             if value is not None:

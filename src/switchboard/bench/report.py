@@ -47,6 +47,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _relay_core() -> str:
+    """The core this install's relay runs (``switchboard-pure`` rows always run Python)."""
+    from ..relay.connection import COMPILED
+
+    return "compiled" if COMPILED else "python"
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     try:
@@ -207,6 +214,7 @@ def write(
         "machine": _machine(),
         "python": sys.version.split()[0],
         "versions": _versions(),
+        "relay_core": _relay_core(),
         "settings": dict(settings),
         "results": results,
         "ratios": ratios(results),

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Generator
@@ -37,21 +37,32 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - wheels ship the C extension
-    from websockets.utils import apply_mask
-
 from ..core import wire
 from ..core.codes import CloseCode, is_transient
 from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 from ..logs import frame_blind
 
+if TYPE_CHECKING or os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1":
+    from ._purecore import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+else:
+    try:
+        from ._core import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+    except ImportError:  # pragma: no cover - built without a C compiler
+        from ._purecore import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+
 if TYPE_CHECKING:
     from ..core.meeting import Participant
     from .hub import Hub, Room
 
-__all__ = ["WS_PATH", "BufferedRelayConnection", "Outbox", "RelayConnection", "binary_message"]
+__all__ = [
+    "COMPILED",
+    "WS_PATH",
+    "BufferedRelayConnection",
+    "Outbox",
+    "RelayConnection",
+    "binary_message",
+    "fan_out",
+]
 
 WS_PATH = "/v1/ws"
 
@@ -70,66 +81,11 @@ _LAYOUT_MISSES = 16
 _WS_LOGGER = frame_blind("switchboard.relay.websocket")
 
 _BINARY = Opcode.BINARY
-_H1 = struct.Struct("!BB").pack
-_H2 = struct.Struct("!BBH").pack
-_H8 = struct.Struct("!BBQ").pack
-
-
-def binary_message(*parts: bytes | memoryview) -> bytes:
-    """One unmasked, unfragmented binary websocket frame holding ``parts``, concatenated.
-
-    Server-to-client frames are not masked (RFC 6455 5.1), so the result can be
-    written unchanged to every recipient.
-    """
-    n = 0
-    for part in parts:
-        n += len(part)
-    if n < 126:
-        head = _H1(0x82, n)
-    elif n < 65536:
-        head = _H2(0x82, 126, n)
-    else:
-        head = _H8(0x82, 127, n)
-    return b"".join((head, *parts))
 
 
 def _close_reason(reason: str) -> str:
     encoded = reason.encode()[:120]
     return encoded.decode(errors="ignore")
-
-
-class Outbox:
-    """Connections with frames waiting for the end of this event-loop turn.
-
-    The first frame a connection gets in a turn enlists it; one callback at the
-    end of the turn (``call_soon`` runs after the turn's I/O callbacks) writes
-    each enlisted connection's frames as one buffer. Latency added: none beyond
-    the rest of the current turn, which the frames would wait for anyway.
-    """
-
-    __slots__ = ("_dirty", "_scheduled")
-
-    def __init__(self) -> None:
-        self._dirty: list[RelayConnection] = []
-        self._scheduled = False
-
-    def enlist(self, conn: RelayConnection) -> None:
-        """``conn`` has its first pending frame of this turn."""
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write every enlisted connection's pending frames."""
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            try:
-                conn.flush_pending()
-            except Exception:  # one broken transport must not strand the others' frames
-                log.exception("writing to a connection failed; closing it")
-                conn.abort()
 
 
 def _parked() -> Generator[None]:
@@ -139,41 +95,29 @@ def _parked() -> Generator[None]:
 _PARKED = _parked()
 """Stands in for websockets' parser of an open connection until a frame needs it."""
 
-_READ_BUFFER = memoryview(bytearray(256 * 1024))
-"""Where every connection's transport decrypts into (see :meth:`RelayConnection.get_buffer`)."""
 
-
-class RelayConnection(asyncio.Protocol):
+class RelayConnection(ConnectionCore, asyncio.Protocol):
     """A participant connection from TLS accept to close."""
 
+    # The hot attributes (transport, proto, open, pending_bytes, write_limit,
+    # max_size, last_rx and the read and write queues) are ConnectionCore's.
     __slots__ = (
         "_bulk",
         "_bulk_bytes",
         "_close_timer",
-        "_direct",
         "_fragments",
         "_join_started",
         "_join_task",
         "_join_timer",
-        "_outbox",
-        "_partial",
-        "_pending",
         "_pump_timer",
         "bulk_limit",
         "hub",
-        "last_rx",
         "layout_misses",
         "layouts",
-        "max_size",
-        "open",
         "participant",
-        "pending_bytes",
-        "proto",
         "repeat",
         "room",
         "send_buffer",
-        "transport",
-        "write_limit",
     )
 
     def __init__(
@@ -247,13 +191,6 @@ class RelayConnection(asyncio.Protocol):
         self.hub.connected(self)
         log.debug("connection accepted connections=%d", len(self.hub.connections))
 
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        if self._direct:
-            self._read_frames(data)
-        else:
-            self._receive(data)
-
     def _receive(self, data: bytes | bytearray | memoryview) -> None:
         """Let websockets' parser read ``data``: the handshake, and whatever is not a plain
         binary message (control frames, fragments, protocol errors, closing).
@@ -289,63 +226,6 @@ class RelayConnection(asyncio.Protocol):
         self._flush()
         if self.open and proto.state is not State.OPEN:
             self.open = False  # a close frame came in, or the parser refused something
-
-    def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
-        """Read the frames in ``data``: a whole binary message goes straight to the hub.
-
-        The common case, a masked, unfragmented binary frame within ``max_size``,
-        costs a header decode and one unmasking in C. Any other whole frame (ping,
-        pong, close, fragments, text) is handed to websockets' parser on its own,
-        so that parser always starts at a frame boundary and keeps answering pings
-        and closes; anything it must refuse (no mask, reserved bits, a frame over
-        ``max_size``) goes to it with the rest of the stream, for its error and
-        close code. Incomplete frames wait in ``_partial`` for the next read.
-        """
-        partial = self._partial
-        if partial is not None:
-            partial += data
-            buf: bytes | bytearray | memoryview = partial
-        else:
-            buf = data
-        proto = self.proto
-        end = len(buf)
-        at = 0
-        while end - at >= 2:
-            first, second = buf[at], buf[at + 1]
-            length = second & 0x7F
-            if length < 126:
-                mask_at = at + 2
-            elif length == 126:
-                mask_at = at + 4
-                if mask_at > end:
-                    break
-                length = int.from_bytes(buf[at + 2 : mask_at], "big")
-            else:
-                mask_at = at + 10
-                if mask_at > end:
-                    break
-                length = int.from_bytes(buf[at + 2 : mask_at], "big")
-            if not second & 0x80 or first & 0x70 or length > self.max_size or not self.open:
-                self._hand_over(buf[at:])
-                return
-            start = mask_at + 4
-            stop = start + length
-            if stop > end:
-                break
-            if first == 0x82 and proto.current_size is None:
-                self._on_message(apply_mask(buf[start:stop], buf[mask_at:start]))  # type: ignore[arg-type]
-            else:
-                self._receive(bytes(buf[at:stop]))
-                if proto.state is not State.OPEN:
-                    self._hand_over(buf[stop:])
-                    return
-            at = stop
-        if at == end:
-            self._partial = None
-        elif partial is not None:
-            del partial[:at]
-        else:
-            self._partial = bytearray(buf[at:])
 
     def _hand_over(self, rest: bytes | bytearray | memoryview) -> None:
         """Back to websockets' parser for good, from a frame boundary: closing or refusing."""
@@ -521,36 +401,9 @@ class RelayConnection(asyncio.Protocol):
             return 0
         return transport.get_write_buffer_size() + self.pending_bytes
 
-    def write_frame(self, message: bytes) -> bool:
-        """Queue one pre-framed message (:func:`binary_message`); never blocks.
-
-        The frame leaves at the end of this event-loop turn, together with any
-        other frame this receiver gets in the same turn (see :class:`Outbox`).
-        Returns whether it was queued (not if the connection is closing).
-        """
-        if not self.open:
-            return False
-        pending = self._pending
-        if not pending:
-            self._outbox.enlist(self)  # once per receiver per turn
-        pending.append(message)
-        self.pending_bytes += len(message)
-        return True
-
-    def flush_pending(self) -> None:
-        """Write this turn's frames as one buffer: one TLS record, one syscall."""
-        pending = self._pending
-        if not pending:
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            pending.clear()
-            self.pending_bytes = 0
-            return
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        pending.clear()
-        self.pending_bytes = 0
-        if transport.get_write_buffer_size() > self.write_limit and self.proto.state is State.OPEN:
+    def _too_slow(self) -> None:
+        """This turn's write left more buffered than ``write_limit``: cut the receiver off."""
+        if self.proto.state is State.OPEN:
             # The close frame queues behind the backlog; a receiver that does not
             # read it within a second is cut off without waiting for the handshake.
             self.close(
@@ -680,17 +533,3 @@ class BufferedRelayConnection(RelayConnection):
     def is_buffered_protocol(self) -> bool:
         """aiofastnet asks this instead of checking the class."""
         return True
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """One read buffer shared by every connection of the process.
-
-        Safe because :meth:`buffer_updated` consumes what was read before it
-        returns (websockets' parser copies it into this connection's own
-        stream), and everything runs on one thread. A buffer of this size per
-        connection would cost 256 KiB for every idle participant.
-        """
-        return _READ_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` of plaintext are in the shared buffer: parse them now."""
-        self.data_received(_READ_BUFFER[:nbytes])  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ from ..core.wire import Kind, Media
 from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
 from ..ledger import Ledger
 from ..store import Redemption, Store, StoredRecord
-from .connection import Outbox, RelayConnection, binary_message
+from .connection import Outbox, RelayConnection, binary_message, fan_out
 
 __all__ = ["DropPolicy", "Hub", "Room"]
 
@@ -557,15 +557,13 @@ class Hub:
         message = binary_message(head, payload)
         me = sender.pid
         if kind is not Kind.MEDIA:
-            deliveries = 0
             if kind is Kind.DOCUMENT:
+                deliveries = 0
                 for pid, other in room.conns.items():
                     if pid != me and other.write_bulk(message):
                         deliveries += 1
             else:
-                for pid, other in room.conns.items():
-                    if pid != me and other.write_frame(message):
-                        deliveries += 1
+                deliveries = fan_out(room.conns, me, message)
             meeting.switched(kind, None, nbytes, deliveries, 0, now)
             return
         self._fan_out_media(room, conn, sender, frame.fields, message, nbytes, now)

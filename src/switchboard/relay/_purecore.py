@@ -1,0 +1,275 @@
+"""The per-frame and per-delivery work of a relay connection, in Python.
+
+The relay normally runs the compiled twin of this module
+(:mod:`switchboard.relay._core`, Cython); this one is what runs where that
+extension was not built (no C compiler at install time) or when
+``SWITCHBOARD_PURE_PYTHON=1`` asks for it. It is also the readable reference:
+the two must behave the same, and tests/test_core.py holds them to it.
+
+What lives here has no policy in it: reading RFC 6455 frames out of decrypted
+bytes, queueing pre-framed messages per receiver, and writing each receiver's
+queue once per event-loop turn. Everything that decides (routing, rules,
+limits, the handshake, closing) is in :mod:`switchboard.relay.connection` and
+:mod:`switchboard.relay.hub`, which call back into methods this class expects
+of its subclass: ``_receive``, ``_hand_over``, ``_on_message``, ``_too_slow``
+and ``abort``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from websockets.protocol import State
+
+if TYPE_CHECKING:
+    from websockets.server import ServerProtocol
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - wheels ship the C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["COMPILED", "READ_BUFFER", "ConnectionCore", "Outbox", "binary_message", "fan_out"]
+
+COMPILED = False
+
+log = logging.getLogger("switchboard.relay")
+
+_H1 = struct.Struct("!BB").pack
+_H2 = struct.Struct("!BBH").pack
+_H8 = struct.Struct("!BBQ").pack
+_OPEN = State.OPEN
+
+READ_BUFFER = memoryview(bytearray(256 * 1024))
+"""Where every connection's transport decrypts into (see :meth:`ConnectionCore.get_buffer`)."""
+
+
+def binary_message(*parts: bytes | memoryview) -> bytes:
+    """One unmasked, unfragmented binary websocket frame holding ``parts``, concatenated.
+
+    Server-to-client frames are not masked (RFC 6455 5.1), so the result can be
+    written unchanged to every recipient.
+    """
+    n = 0
+    for part in parts:
+        n += len(part)
+    if n < 126:
+        head = _H1(0x82, n)
+    elif n < 65536:
+        head = _H2(0x82, 126, n)
+    else:
+        head = _H8(0x82, 127, n)
+    return b"".join((head, *parts))
+
+
+class Outbox:
+    """Connections with frames waiting for the end of this event-loop turn.
+
+    The first frame a connection gets in a turn enlists it; one callback at the
+    end of the turn (``call_soon`` runs after the turn's I/O callbacks) writes
+    each enlisted connection's frames as one buffer. Latency added: none beyond
+    the rest of the current turn, which the frames would wait for anyway.
+    """
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[ConnectionCore] = []
+        self._scheduled = False
+
+    def enlist(self, conn: ConnectionCore) -> None:
+        """``conn`` has its first pending frame of this turn."""
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every enlisted connection's pending frames."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            try:
+                conn.flush_pending()
+            except Exception:  # one broken transport must not strand the others' frames
+                log.exception("writing to a connection failed; closing it")
+                conn.abort()
+
+
+class ConnectionCore:
+    """The hot state and hot methods of a relay connection.
+
+    ``RelayConnection`` subclasses this and sets every attribute in its
+    ``__init__``; the annotations below are the contract with the compiled twin.
+    """
+
+    __slots__ = (
+        "_direct",
+        "_outbox",
+        "_partial",
+        "_pending",
+        "last_rx",
+        "max_size",
+        "open",
+        "pending_bytes",
+        "proto",
+        "transport",
+        "write_limit",
+    )
+
+    transport: asyncio.Transport | None
+    proto: ServerProtocol
+    open: bool
+    pending_bytes: int
+    write_limit: int
+    max_size: int
+    last_rx: float
+    _direct: bool
+    _partial: bytearray | None
+    _pending: list[bytes]
+    _outbox: Outbox
+
+    # Supplied by the subclass.
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _hand_over(self, rest: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _on_message(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _too_slow(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    # reading
+
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        self.last_rx = time.monotonic()
+        if self._direct:
+            self._read_frames(data)
+        else:
+            self._receive(data)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """One read buffer shared by every connection of the process.
+
+        Safe because :meth:`buffer_updated` consumes what was read before it
+        returns (websockets' parser copies it into this connection's own
+        stream), and everything runs on one thread. A buffer of this size per
+        connection would cost 256 KiB for every idle participant.
+        """
+        return READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` of plaintext are in the shared buffer: parse them now."""
+        self.data_received(READ_BUFFER[:nbytes])
+
+    def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
+        """Read the frames in ``data``: a whole binary message goes straight to the hub.
+
+        The common case, a masked, unfragmented binary frame within ``max_size``,
+        costs a header decode and one unmasking in C. Any other whole frame (ping,
+        pong, close, fragments, text) is handed to websockets' parser on its own,
+        so that parser always starts at a frame boundary and keeps answering pings
+        and closes; anything it must refuse (no mask, reserved bits, a frame over
+        ``max_size``) goes to it with the rest of the stream, for its error and
+        close code. Incomplete frames wait in ``_partial`` for the next read.
+        """
+        partial = self._partial
+        if partial is not None:
+            partial += data
+            buf: bytes | bytearray | memoryview = partial
+        else:
+            buf = data
+        proto = self.proto
+        end = len(buf)
+        at = 0
+        while end - at >= 2:
+            first, second = buf[at], buf[at + 1]
+            length = second & 0x7F
+            if length < 126:
+                mask_at = at + 2
+            elif length == 126:
+                mask_at = at + 4
+                if mask_at > end:
+                    break
+                length = int.from_bytes(buf[at + 2 : mask_at], "big")
+            else:
+                mask_at = at + 10
+                if mask_at > end:
+                    break
+                length = int.from_bytes(buf[at + 2 : mask_at], "big")
+            if not second & 0x80 or first & 0x70 or length > self.max_size or not self.open:
+                self._hand_over(bytes(buf[at:]))
+                return
+            start = mask_at + 4
+            stop = start + length
+            if stop > end:
+                break
+            if first == 0x82 and proto.current_size is None:
+                self._on_message(apply_mask(buf[start:stop], buf[mask_at:start]))  # type: ignore[arg-type]
+            else:
+                self._receive(bytes(buf[at:stop]))
+                if proto.state is not _OPEN:
+                    self._hand_over(bytes(buf[stop:]))
+                    return
+            at = stop
+        if at == end:
+            self._partial = None
+        elif partial is not None:
+            del partial[:at]
+        else:
+            self._partial = bytearray(buf[at:])
+
+    # writing
+
+    def write_frame(self, message: bytes) -> bool:
+        """Queue one pre-framed message (:func:`binary_message`); never blocks.
+
+        The frame leaves at the end of this event-loop turn, together with any
+        other frame this receiver gets in the same turn (see :class:`Outbox`).
+        Returns whether it was queued (not if the connection is closing).
+        """
+        if not self.open:
+            return False
+        pending = self._pending
+        if not pending:
+            self._outbox.enlist(self)  # once per receiver per turn
+        pending.append(message)
+        self.pending_bytes += len(message)
+        return True
+
+    def flush_pending(self) -> None:
+        """Write this turn's frames as one buffer: one TLS record, one syscall."""
+        pending = self._pending
+        if not pending:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            pending.clear()
+            self.pending_bytes = 0
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
+        self.pending_bytes = 0
+        if transport.get_write_buffer_size() > self.write_limit:
+            self._too_slow()
+
+
+def fan_out(conns: Mapping[int, ConnectionCore], me: int, message: bytes) -> int:
+    """Queue ``message`` for every connection in ``conns`` but ``me``'s; how many took it."""
+    n = 0
+    for pid, other in conns.items():
+        if pid != me and other.write_frame(message):
+            n += 1
+    return n
