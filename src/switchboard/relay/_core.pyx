@@ -122,16 +122,18 @@ cdef class Outbox:
 
     cdef list _dirty
     cdef bint _scheduled
+    cdef object _flush  # self.flush, bound once rather than once per turn
 
     def __cinit__(self):
         self._dirty = []
         self._scheduled = False
+        self._flush = self.flush
 
     cdef inline void _enlist(self, ConnectionCore conn) except *:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            _get_running_loop().call_soon(self.flush)
+            _get_running_loop().call_soon(self._flush)
 
     def enlist(self, ConnectionCore conn):
         """``conn`` has its first pending frame of this turn."""
