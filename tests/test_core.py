@@ -265,6 +265,22 @@ def test_before_the_handover_everything_goes_to_the_parser(core: ModuleType) -> 
 
 
 @impls
+def test_the_core_refuses_queues_of_none_and_reads_past_its_buffer(core: ModuleType) -> None:
+    conn = recorder(core)
+    with pytest.raises(ValueError, match="bytes in a"):
+        conn.buffer_updated(len(conn.get_buffer(-1)) + 1)
+    with pytest.raises(ValueError, match="bytes in a"):
+        conn.buffer_updated(-1)
+    assert conn.events == []
+    if core is not _purecore:  # the Python twin is held to this by mypy, not at run time
+        with pytest.raises(TypeError):
+            conn.write_frame(None)
+        with pytest.raises(TypeError):
+            core.fan_out({2: conn}, 1, None)
+        assert conn._pending == []
+
+
+@impls
 def test_reading_marks_the_connection_alive(core: ModuleType) -> None:
     conn = recorder(core)
     before = conn.last_rx

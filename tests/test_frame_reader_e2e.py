@@ -2,7 +2,7 @@
 
 After the upgrade the relay reads frames itself and hands websockets' parser
 only whole frames that are not plain binary messages (see
-``RelayConnection._read_frames``). These tests speak raw RFC 6455 over a TLS
+``ConnectionCore._read_frames``, compiled or pure Python). These tests speak raw RFC 6455 over a TLS
 socket, so they control exactly where the stream is cut and what each frame
 looks like, which no websocket client library lets a test do: a message cut
 at every byte, many frames in one write, pings between and inside messages,

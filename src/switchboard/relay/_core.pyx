@@ -40,7 +40,8 @@ log = logging.getLogger("switchboard.relay")
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _OPEN = State.OPEN
 
-cdef bytearray _READ = bytearray(256 * 1024)
+cdef Py_ssize_t _READ_SIZE = 256 * 1024
+cdef bytearray _READ = bytearray(_READ_SIZE)
 READ_BUFFER = memoryview(_READ)
 """Where every connection's transport decrypts into; exported, so never resized."""
 cdef unsigned char* _READ_PTR = <unsigned char*>PyByteArray_AS_STRING(_READ)
@@ -129,13 +130,14 @@ cdef class Outbox:
         self._scheduled = False
         self._flush = self.flush
 
-    cdef inline void _enlist(self, ConnectionCore conn) except *:
+    cdef inline int _enlist(self, ConnectionCore conn) except -1:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
             _get_running_loop().call_soon(self._flush)
+        return 0
 
-    def enlist(self, ConnectionCore conn):
+    def enlist(self, ConnectionCore conn not None):
         """``conn`` has its first pending frame of this turn."""
         self._enlist(conn)
 
@@ -192,6 +194,8 @@ cdef class ConnectionCore:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """``nbytes`` of plaintext are in the shared buffer: parse them now."""
+        if nbytes < 0 or nbytes > _READ_SIZE:
+            raise ValueError(f"the transport reported {nbytes} bytes in a {_READ_SIZE}-byte buffer")
         self.last_rx = _monotonic()
         if self._direct:
             self._feed(_READ_PTR, nbytes)
@@ -283,7 +287,7 @@ cdef class ConnectionCore:
         self.pending_bytes += len(message)
         return True
 
-    def write_frame(self, bytes message):
+    def write_frame(self, bytes message not None):
         """Queue one pre-framed message; it leaves at the end of this event-loop turn."""
         return self._write(message)
 
@@ -308,7 +312,7 @@ cdef class ConnectionCore:
         self._flush_pending()
 
 
-def fan_out(dict conns, long me, bytes message):
+def fan_out(dict conns not None, long me, bytes message not None):
     """Queue ``message`` for every connection in ``conns`` but ``me``'s; how many took it."""
     cdef Py_ssize_t n = 0
     cdef ConnectionCore conn

@@ -172,6 +172,10 @@ class ConnectionCore:
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` of plaintext are in the shared buffer: parse them now."""
+        if nbytes < 0 or nbytes > len(READ_BUFFER):
+            raise ValueError(
+                f"the transport reported {nbytes} bytes in a {len(READ_BUFFER)}-byte buffer"
+            )
         self.data_received(READ_BUFFER[:nbytes])
 
     def _read_frames(self, data: bytes | bytearray | memoryview) -> None:

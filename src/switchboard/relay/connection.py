@@ -1,7 +1,7 @@
 """One participant's websocket: the thin asyncio adapter around websockets' sans-I/O protocol.
 
 The connection is an :class:`asyncio.Protocol`. Bytes arrive in
-:meth:`RelayConnection.data_received`, go through websockets'
+``data_received`` (or the transport's shared buffer), go through websockets'
 ``ServerProtocol`` (handshake, framing, ping/pong, close handshake), and each
 complete binary message is handed to the :class:`~switchboard.relay.hub.Hub`
 *synchronously*: switching a frame involves no task, no await and no copy of
@@ -16,6 +16,12 @@ and one send syscall however many frames the turn produced for that receiver.
 Under load a turn handles many inbound frames, so the per-delivery cost falls
 as the load rises. A receiver whose buffer passes ``write_buffer_limit`` is
 closed with ``TOO_SLOW``; a sender is never paused for a receiver.
+
+The per-frame and per-delivery mechanics (frame reading and unmasking, the
+write queues, the outbox, framing, the chat fan-out) are the connection's base
+class, :class:`ConnectionCore`: compiled from ``_core.pyx`` where the install
+built it, else ``_purecore.py``, the same in Python (``SWITCHBOARD_PURE_PYTHON=1``
+chooses it). :data:`COMPILED` says which. This module keeps every decision.
 
 The websockets logger is wrapped so that it can never log at DEBUG, which is
 where websockets would print frame contents.
