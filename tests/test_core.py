@@ -14,6 +14,7 @@ pure one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import subprocess
@@ -27,7 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.protocol import State
 
+from switchboard.node import Node
 from switchboard.relay import _purecore, connection
+
+from .conftest import make_settings
 
 PURE_ONLY = os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1"
 
@@ -49,6 +53,17 @@ def test_the_environment_selects_the_core() -> None:
     expected = _purecore if PURE_ONLY else IMPLEMENTATIONS[-1]
     assert connection.ConnectionCore is expected.ConnectionCore
     assert connection.Outbox is expected.Outbox
+
+
+async def test_the_relay_says_which_core_it_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator whose install found no compiler must be able to see it in the log.
+    caplog.set_level(logging.INFO, logger="switchboard")
+    async with Node(make_settings(tmp_path)):
+        pass
+    (line,) = [r.getMessage() for r in caplog.records if "relay listening" in r.getMessage()]
+    assert line.endswith("core=python" if PURE_ONLY else "core=compiled")
 
 
 class Proto:

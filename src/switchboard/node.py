@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .ledger import Ledger, RecordSpool
 from .passwords import Passwords
 from .relay import WS_PATH, Hub, start_relay
+from .relay.connection import COMPILED
 from .relay.hub import DropPolicy
 from .relay.tls import CertPaths, ServerTLS, ensure_local_ca
 from .signing import RecordSigner
@@ -246,7 +247,9 @@ class Node:
                 self._api_task.result()
                 raise ConfigError("the API server stopped during start")
             await asyncio.sleep(0.01)
-        log.info("relay listening url=%s", self.relay_url)
+        log.info(
+            "relay listening url=%s core=%s", self.relay_url, "compiled" if COMPILED else "python"
+        )
         log.info("api listening url=%s", self.api_url)
 
     async def _purge_daily(self) -> None:
