@@ -531,7 +531,9 @@ class BufferedRelayConnection(RelayConnection):
 
     Used with the aiofastnet transport (the default), whose buffered read path
     skips allocating a bytes object per read. The loop's own SSL transport
-    keeps the plain :class:`RelayConnection`.
+    keeps the plain :class:`RelayConnection`. ``get_buffer`` and
+    ``buffer_updated`` are :class:`ConnectionCore`'s (one buffer shared by every
+    connection); only saying so to aiofastnet is this class's.
     """
 
     __slots__ = ()
