@@ -157,7 +157,9 @@ def _special(row: Mapping[str, Any]) -> str:
         return (
             f"{cell_or(row, 'server_rss_kib_per_connection')} KiB RSS per connection, "
             f"{cell_or(row, 'joins_per_s')} joins/s "
-            f"({cell_or(row, 'joined')} joined, {cell_or(row, 'failed')} failed)"
+            f"({cell_or(row, 'joined')} joined, {cell_or(row, 'failed')} failed; "
+            f"while joining: server CPU {cell_or(row, 'server_cpu_pct_joining')}%, "
+            f"generator {cell_or(row, 'generator_cpu_pct_joining')}%)"
         )
     if row["scenario"] == "ramp":
         return (

@@ -331,6 +331,11 @@ class Generator:
             "joined": sum(a["joined"] for a in answers),
             "failed": sum(a["failed"] for a in answers),
             "errors": [e for a in answers for e in a["errors"]][:5],
+            # The busiest worker's share of one CPU while joining: near 100%, the
+            # generator, not the relay, set the join rate.
+            "generator_cpu_pct_joining": round(
+                max(100 * a["cpu_s"] / max(a["seconds"], 1e-9) for a in answers), 1
+            ),
         }
 
     async def run(
@@ -538,6 +543,7 @@ async def run_scenario(
         row["joins_per_s"] = round(joined["joined"] / join_seconds, 1)
         if cpu0 is not None and cpu1 is not None and joined["joined"]:
             row["server_cpu_ms_per_join"] = round((cpu1 - cpu0) * 1000 / joined["joined"], 3)
+            row["server_cpu_pct_joining"] = round(100 * (cpu1 - cpu0) / join_seconds, 1)
         if scenario.mode == "idle":
             await asyncio.sleep(scenario.seconds)
             rss1 = stats.memory_kib()

@@ -223,6 +223,7 @@ class Worker:
         gate = asyncio.Semaphore(concurrency)
         errors: list[str] = []
         started = time.monotonic()
+        cpu0 = _cpu()
 
         async def one(p: Participant) -> None:
             number = base + p.meeting
@@ -252,6 +253,7 @@ class Worker:
             "failed": len(errors),
             "errors": errors[:5],
             "seconds": time.monotonic() - started,
+            "cpu_s": _cpu() - cpu0,
         }
 
     async def run(
