@@ -32,6 +32,7 @@ from switchboard.node import Node
 from switchboard.relay import _purecore, connection
 
 from .conftest import make_settings
+from .test_frame_reader_e2e import frame
 
 PURE_ONLY = os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1"
 
@@ -46,6 +47,8 @@ else:
 impls = pytest.mark.parametrize("core", IMPLEMENTATIONS, ids=lambda m: m.__name__.split(".")[-1])
 
 MAX_SIZE = 1 << 17
+KEY = b"\x9a\x01\xfe\x33"
+"""The mask of the frames these tests build twice and compare."""
 
 
 def test_the_environment_selects_the_core() -> None:
@@ -138,25 +141,6 @@ def recorder(core: ModuleType, outbox: Any = None, *, max_size: int = MAX_SIZE) 
     return Recorder()
 
 
-def frame(
-    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0, key=b""
-) -> bytes:
-    """One client frame as it goes on the wire."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = struct.pack("!BB", first, bit | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, n)
-    if not masked:
-        return head + payload
-    key = (key or b"\x9a\x01\xfe\x33")[:4]
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
 def feed(conn: Any, stream: bytes, cuts: list[int], *, via_buffer: bool) -> None:
     """``stream`` in pieces ending at ``cuts``, as the transport would deliver it."""
     at = 0
@@ -214,13 +198,22 @@ def test_binary_messages_arrive_whole_and_other_frames_go_to_the_parser(
 
 
 def refused_streams() -> list[tuple[str, bytes]]:
-    ok = frame(0x2, b"first")
+    ok = frame(0x2, b"first", key=KEY)
     return [
-        ("unmasked", ok + frame(0x2, b"plain", masked=False) + frame(0x2, b"after")),
-        ("reserved bit", ok + frame(0x2, b"rsv", rsv=0x40) + frame(0x2, b"after")),
-        ("over max_size", ok + frame(0x2, bytes(MAX_SIZE + 1)) + frame(0x2, b"after")),
+        ("unmasked", ok + frame(0x2, b"plain", masked=False) + frame(0x2, b"after", key=KEY)),
+        (
+            "reserved bit",
+            ok + frame(0x2, b"rsv", rsv=0x40, key=KEY) + frame(0x2, b"after", key=KEY),
+        ),
+        (
+            "over max_size",
+            ok + frame(0x2, bytes(MAX_SIZE + 1), key=KEY) + frame(0x2, b"after", key=KEY),
+        ),
         ("64-bit length", ok + b"\x82\xff" + b"\xff" * 8 + b"\x00" * 4 + b"rest"),
-        ("close", ok + frame(0x8, struct.pack("!H", 1000)) + frame(0x2, b"after")),
+        (
+            "close",
+            ok + frame(0x8, struct.pack("!H", 1000), key=KEY) + frame(0x2, b"after", key=KEY),
+        ),
     ]
 
 
@@ -232,13 +225,13 @@ def refused_streams() -> list[tuple[str, bytes]]:
 def test_what_the_reader_must_not_judge_goes_to_the_parser_with_the_rest(
     core: ModuleType, case: str, stream: bytes, via_buffer: bool
 ) -> None:
-    first = frame(0x2, b"first")
+    first = frame(0x2, b"first", key=KEY)
     conn = recorder(core)
     # The stream arrives in two reads cut inside the second frame's header.
     feed(conn, stream, [len(first) + 1], via_buffer=via_buffer)
     assert conn.events[0] == ("message", b"first")
     if case == "close":
-        close = frame(0x8, struct.pack("!H", 1000))
+        close = frame(0x8, struct.pack("!H", 1000), key=KEY)
         assert conn.events[1:] == [
             ("frame", close),
             ("hand_over", stream[len(first) + len(close) :]),
@@ -252,7 +245,7 @@ def test_what_the_reader_must_not_judge_goes_to_the_parser_with_the_rest(
 def test_a_closed_connection_reads_no_more_messages_itself(core: ModuleType) -> None:
     conn = recorder(core)
     conn.open = False
-    stream = frame(0x2, b"late")
+    stream = frame(0x2, b"late", key=KEY)
     conn.data_received(stream)
     assert conn.events == [("hand_over", stream)]
 
@@ -263,7 +256,7 @@ def test_a_fragmented_message_in_progress_keeps_binary_frames_for_the_parser(
 ) -> None:
     conn = recorder(core)
     conn.proto.current_size = 10  # websockets is assembling a fragmented message
-    binary = frame(0x2, b"mid-message")
+    binary = frame(0x2, b"mid-message", key=KEY)
     conn.data_received(binary)
     assert conn.events == [("frame", binary)]
 
@@ -299,7 +292,7 @@ def test_the_core_refuses_queues_of_none_and_reads_past_its_buffer(core: ModuleT
 def test_reading_marks_the_connection_alive(core: ModuleType) -> None:
     conn = recorder(core)
     before = conn.last_rx
-    conn.data_received(frame(0x2, b"x"))
+    conn.data_received(frame(0x2, b"x", key=KEY))
     assert conn.last_rx > before
     assert abs(conn.last_rx - __import__("time").monotonic()) < 5
 

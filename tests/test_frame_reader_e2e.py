@@ -41,9 +41,16 @@ CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 def frame(
-    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    masked: bool = True,
+    rsv: int = 0,
+    key: bytes | None = None,
 ) -> bytes:
-    """One client frame as it goes on the wire (masked unless told otherwise)."""
+    """One client frame as it goes on the wire (masked unless told otherwise; by ``key``
+    if given, else a random one)."""
     first = (0x80 if fin else 0) | rsv | opcode
     n = len(payload)
     mask_bit = 0x80 if masked else 0
@@ -55,7 +62,7 @@ def frame(
         head = struct.pack("!BBQ", first, mask_bit | 127, n)
     if not masked:
         return head + payload
-    mask = os.urandom(4)
+    mask = key if key is not None else os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + body
 

@@ -134,22 +134,18 @@ class ConnectionCore:
     _pending: list[bytes]
     _outbox: Outbox
 
-    # Supplied by the subclass.
+    if TYPE_CHECKING:
+        # Supplied by the subclass (RelayConnection): what the core calls back into.
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
+        def _receive(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def _hand_over(self, rest: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
+        def _hand_over(self, rest: bytes | bytearray | memoryview) -> None: ...
 
-    def _on_message(self, data: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
+        def _on_message(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def _too_slow(self) -> None:
-        raise NotImplementedError
+        def _too_slow(self) -> None: ...
 
-    def abort(self) -> None:
-        raise NotImplementedError
+        def abort(self) -> None: ...
 
     # reading
 
@@ -214,7 +210,7 @@ class ConnectionCore:
                     break
                 length = int.from_bytes(buf[at + 2 : mask_at], "big")
             if not second & 0x80 or first & 0x70 or length > self.max_size or not self.open:
-                self._hand_over(bytes(buf[at:]))
+                self._hand_over(buf[at:])
                 return
             start = mask_at + 4
             stop = start + length
@@ -225,7 +221,7 @@ class ConnectionCore:
             else:
                 self._receive(bytes(buf[at:stop]))
                 if proto.state is not _OPEN:
-                    self._hand_over(bytes(buf[stop:]))
+                    self._hand_over(buf[stop:])
                     return
             at = stop
         if at == end:
