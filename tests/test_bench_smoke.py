@@ -80,8 +80,9 @@ async def test_the_comparison_measures_every_relay_and_writes_json_markdown_and_
         assert row["server_cpu_pct"] is not None
         assert row["server_rss_peak_mib"] is not None
         # What limited the join rate: both sides' CPU while joining is reported.
+        # (the server's is read from /proc in 10 ms ticks: a tiny join phase can show 0)
         assert 0 < row["generator_cpu_pct_joining"] < 400
-        assert 0 < row["server_cpu_pct_joining"] < 400
+        assert 0 <= row["server_cpu_pct_joining"] < 400
     report = the_report(tmp_path)
     assert report["results"] == rows
     assert report["relay_core"] == ("compiled" if connection.COMPILED else "python")
