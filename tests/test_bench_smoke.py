@@ -134,6 +134,12 @@ async def test_slow_readers_read_a_fraction_while_everyone_else_gets_everything(
 
     assert_delivered(row)
     assert row["baseline"]["delivery_ratio"] > 0.99
+    # Baseline, slow, slow, baseline: each kind pools two windows, neither comes first only.
+    assert [w["slow"] for w in row["windows"]] == [False, True, True, False]
+    assert all(w["latency_ms_p99"] > 0 for w in row["windows"])
+    assert row["baseline"]["seconds"] == row["seconds"] == 4
+    # In the baseline windows the slow readers read at full rate.
+    assert row["baseline"]["slow_delivery_ratio"] > 0.99
     # Each slow reader is refilled every 100 ms on a tick of its own (worker.py); one that
     # was never refilled would read nothing, one never paused would read everything.
     assert 0.01 < row["slow_delivery_ratio"] < 0.5
