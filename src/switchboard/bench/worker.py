@@ -36,7 +36,7 @@ from ..osutil import raise_open_files_limit
 from .codecs import MAGIC, STAMP, Codec, SendFn, load_codec
 from .scenarios import Stream
 
-__all__ = ["Link", "Participant", "Worker", "worker_main"]
+__all__ = ["Link", "Participant", "Worker", "sleep_until", "worker_main"]
 
 _TICK = 0.001
 _BINARY = WSMsgType.BINARY
@@ -278,7 +278,7 @@ class Worker:
             link.throttled = True
             link.budget = allowance
         self.window_ns = int(start * 1e9)
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        await sleep_until(start)
         cpu0 = _cpu()
         counts = await self._drive(txs, start, start + seconds, throttled, allowance)
         cpu = _cpu() - cpu0
@@ -381,6 +381,20 @@ class Worker:
                 link.transport.disconnect()
         self.links.clear()
         await asyncio.sleep(0.2)
+
+
+async def sleep_until(when: float) -> None:
+    """Return once ``time.monotonic()`` has reached ``when``, never before.
+
+    uvloop's timers keep whole milliseconds of the loop's cached clock, so a
+    plain ``asyncio.sleep`` woke up to 1 ms early in about a third of tries.
+    Woken early at the start of a window, the generator stamped its first
+    frames before the window began: counted as expected, then not counted as
+    delivered (the receivers skip stamps from before the window), which showed
+    as one chat message "missing" in some runs.
+    """
+    while (delay := when - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline, not an event
+        await asyncio.sleep(delay)
 
 
 def _cpu() -> float:
