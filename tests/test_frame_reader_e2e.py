@@ -63,8 +63,8 @@ def frame(
     if not masked:
         return head + payload
     mask = key if key is not None else os.urandom(4)
-    # XOR as one big integer: a byte-by-byte generator took seconds per megabyte, which the
-    # property tests (frames of 64 KiB and more, dozens of examples) could not afford.
+    # XOR as one big integer: byte by byte, frames of 64 KiB and more in hundreds of property
+    # examples took tests/test_core.py past its 120 s timeout on a slow hour.
     repeated = (mask * (n // 4 + 1))[:n]
     body = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
     return head + mask + body
