@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from switchboard.bench.report import markdown, medians, ratios, write
+from switchboard.bench.report import markdown, medians, ramp_efficiency, ratios, write
 
 
 def row(
@@ -92,3 +92,50 @@ def test_the_report_keeps_every_round_beside_the_medians(tmp_path: Path) -> None
     assert report["ratios"] == [{"scenario": "chat", "efficiency": round(13.0 / 16.0, 3)}]
     single, _ = write(tmp_path / "once", [row("ref", 13.0, 1.1, 1)], {})
     assert "rounds" not in json.loads(single.read_text())
+
+
+def ramp_row(relay: str, steps: list[tuple[int, int, float]]) -> dict[str, Any]:
+    """A ramp row whose steps are (meetings, attempt, CPU µs per delivery), 1,000 offered each."""
+    return {
+        "scenario": "ramp",
+        "relay": relay,
+        "server_cpu_us_per_delivery": 9.0,  # the half-capacity window: not what is compared
+        "steps": [
+            {
+                "meetings": m,
+                "attempt": a,
+                "seconds": 10.0,
+                "expected": m * 1000 * 10,
+                "server_cpu_us_per_delivery": c,
+            }
+            for m, a, c in steps
+        ],
+    }
+
+
+def test_ramp_efficiency_compares_the_relays_at_the_same_load_first_windows_only(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        ramp_row("ref", [(20, 1, 11.0), (28, 1, 10.0), (39, 1, 9.0), (39, 2, 3.0), (55, 1, 8.0)]),
+        ramp_row("switchboard", [(20, 1, 13.75), (28, 1, 10.0), (39, 1, 7.5)]),
+        ramp_row("naive", [(20, 1, 30.0)]),
+    ]
+
+    steps = ramp_efficiency(rows)
+
+    # 55 meetings: only the reference got there; 39: the reference's retry is not used.
+    assert [(s["meetings"], s["offered_deliveries_per_s"], s["efficiency"]) for s in steps] == [
+        (20, 20000.0, 0.8),
+        (28, 28000.0, 1.0),
+        (39, 39000.0, 1.2),
+    ]
+    table = markdown(rows)
+    assert "| 20000.0 | 11.0 | 13.75 | 0.8 |" in table
+    json_path, _ = write(tmp_path, rows, {})
+    assert json.loads(json_path.read_text())["ramp_efficiency"] == steps
+
+
+def test_no_ramp_no_ramp_table() -> None:
+    assert ramp_efficiency(three_rounds()) == []
+    assert "ramp load" not in markdown(three_rounds())

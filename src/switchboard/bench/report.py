@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "markdown", "medians", "ratios", "write"]
+__all__ = ["COLUMNS", "markdown", "medians", "ramp_efficiency", "ratios", "write"]
 
 COLUMNS = (
     ("scenario", "scenario"),
@@ -128,6 +128,46 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def ramp_efficiency(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """E at each load both ``ref`` and ``switchboard`` ran in the ramp, lowest load first.
+
+    The ramp's own row is measured at half of each relay's capacity, so two relays'
+    rows are at different loads. Its steps are not: both ramps start at the same
+    meeting count and grow by the same factor, so up to where they diverge they
+    measure the same offered load, and E there compares like with like, from a
+    lightly loaded relay (one frame per event-loop turn) to one near its limit
+    (many frames per turn, writes coalesced). A load measured twice (a failed
+    step's retry) is taken from its first window.
+    """
+    costs: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("scenario") != "ramp" or row.get("relay") not in ("ref", "switchboard"):
+            continue
+        for step in row.get("steps") or ():
+            if step.get("attempt", 1) == 1 and step.get("server_cpu_us_per_delivery"):
+                costs.setdefault(row["relay"], {})[int(step["meetings"])] = step
+    ref, ours = costs.get("ref", {}), costs.get("switchboard", {})
+    out = []
+    for meetings in sorted(set(ref) & set(ours)):
+        theirs, mine = ref[meetings], ours[meetings]
+        seconds = float(mine.get("seconds") or 0.0)
+        offered = round(float(mine.get("expected", 0)) / seconds, 1) if seconds else None
+        out.append(
+            {
+                "meetings": meetings,
+                "offered_deliveries_per_s": offered,
+                "ref_us": theirs["server_cpu_us_per_delivery"],
+                "switchboard_us": mine["server_cpu_us_per_delivery"],
+                "efficiency": round(
+                    float(theirs["server_cpu_us_per_delivery"])
+                    / float(mine["server_cpu_us_per_delivery"]),
+                    3,
+                ),
+            }
+        )
+    return out
+
+
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The results (and the ratios) as Markdown tables; repeated pairs by their median."""
     rows = medians(rows)
@@ -148,6 +188,21 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for entry in table:
             values = [entry["scenario"], entry.get("efficiency"), *(entry.get(p) for p in peers)]
+            lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
+    steps = ramp_efficiency(rows)
+    if steps:
+        lines += [
+            "",
+            "| ramp load (deliveries/s offered) | ref µs | switchboard µs | E at that load |",
+            "|---|---|---|---|",
+        ]
+        for step in steps:
+            values = [
+                step["offered_deliveries_per_s"],
+                step["ref_us"],
+                step["switchboard_us"],
+                step["efficiency"],
+            ]
             lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -220,6 +275,7 @@ def write(
         "settings": dict(settings),
         "results": results,
         "ratios": ratios(results),
+        "ramp_efficiency": ramp_efficiency(results),
     }
     if len(results) < len(rows):
         report["rounds"] = list(rows)
