@@ -139,3 +139,17 @@ def test_ramp_efficiency_compares_the_relays_at_the_same_load_first_windows_only
 def test_no_ramp_no_ramp_table() -> None:
     assert ramp_efficiency(three_rounds()) == []
     assert "ramp load" not in markdown(three_rounds())
+
+
+def test_the_slow_line_sets_the_generator_lag_beside_each_p99() -> None:
+    slow = {
+        **row("switchboard", 15.0, 18.0, 1, scenario="slow"),
+        "slow_delivery_ratio": 0.1,
+        "generator_lag_max_ms": 8.5,
+        "baseline": {"latency_ms_p99": 12.0, "generator_lag_max_ms": 40.25},
+    }
+    text = markdown([slow])
+    assert (
+        "| slow | switchboard | others' p99 18.0 ms vs 12.0 ms without slow readers (+50%); "
+        "slow readers got 0.1 of their frames; generator lag at most 8.5 ms vs 40.25 ms |"
+    ) in text

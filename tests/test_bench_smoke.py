@@ -137,6 +137,11 @@ async def test_slow_readers_read_a_fraction_while_everyone_else_gets_everything(
     # Baseline, slow, slow, baseline: each kind pools two windows, neither comes first only.
     assert [w["slow"] for w in row["windows"]] == [False, True, True, False]
     assert all(w["latency_ms_p99"] > 0 for w in row["windows"])
+    # Each window also says how far behind the generator's own loop fell, and how busy it was.
+    assert all(w["generator_lag_max_ms"] >= 0 for w in row["windows"])
+    assert all(0 < w["generator_cpu_pct"] <= 400 for w in row["windows"])
+    slow_windows = row["windows"][1:3]
+    assert row["generator_lag_max_ms"] == max(w["generator_lag_max_ms"] for w in slow_windows)
     assert row["baseline"]["seconds"] == row["seconds"] == 4
     # In the baseline windows the slow readers read at full rate.
     assert row["baseline"]["slow_delivery_ratio"] > 0.99
