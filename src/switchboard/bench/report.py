@@ -230,7 +230,7 @@ def _special(row: Mapping[str, Any]) -> str:
         f"others' p99 {cell_or(row, 'latency_ms_p99')} ms vs {base} ms without slow readers "
         f"({change}); slow readers got {cell_or(row, 'slow_delivery_ratio')} of their frames; "
         f"generator lag at most {cell_or(row, 'generator_lag_max_ms')} ms vs "
-        f"{baseline.get('generator_lag_max_ms', '-')} ms"
+        f"{cell_or(baseline, 'generator_lag_max_ms')} ms"
     )
 
 
