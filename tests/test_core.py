@@ -117,6 +117,8 @@ def recorder(core: ModuleType, outbox: Any = None, *, max_size: int = MAX_SIZE) 
             self._outbox = outbox if outbox is not None else core.Outbox()
             self.transport = None
             self.last_rx = 0.0
+            self.participant = None
+            self.lanes = ()
 
         def _receive(self, data: Any) -> None:
             data = bytes(data)

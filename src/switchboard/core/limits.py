@@ -63,6 +63,15 @@ class RateMeter:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _strikes: list[float] = field(default_factory=list)
 
+    def bucket(self, kind_name: str) -> _Bucket | None:
+        """The bucket of ``kind_name``, once a frame of that kind has been admitted.
+
+        A bucket is never replaced: the relay's compiled media lane keeps it and
+        spends its tokens by the rule of :meth:`admit`, which it hands every frame
+        that rule would refuse.
+        """
+        return self._buckets.get(kind_name)
+
     def admit(self, kind_name: str, nbytes: int, now: float) -> None:
         """Let one frame of ``kind_name`` with ``nbytes`` of payload through, or raise why not."""
         bucket = self._buckets.get(kind_name)

@@ -290,7 +290,17 @@ class UsageMeter:
         self._integrate(now_mono)
         self.current -= 1
 
-    def _use(self, feature: str, now_mono: float) -> FeatureUsage:
+    @property
+    def started_mono(self) -> float:
+        """The monotonic reading the meeting started at (``last_use`` counts from it)."""
+        return self._started_mono
+
+    def usage(self, feature: str, now_mono: float) -> FeatureUsage:
+        """The live counters of ``feature``, made at its first use (``now_mono``).
+
+        The same object for the rest of the meeting: the relay's compiled media
+        lane keeps it and counts into it directly (``relay/_core.pyx``).
+        """
         use = self._features.get(feature)
         if use is None:
             use = self._features[feature] = FeatureUsage(first_use=now_mono - self._started_mono)
@@ -300,7 +310,7 @@ class UsageMeter:
         self, feature: str, nbytes: int, deliveries: int, dropped: int, now_mono: float
     ) -> None:
         """One inbound frame of ``feature`` reached ``deliveries`` recipients, ``dropped`` not."""
-        use = self._features.get(feature) or self._use(feature, now_mono)
+        use = self._features.get(feature) or self.usage(feature, now_mono)
         use.frames += 1
         use.bytes += nbytes
         use.deliveries += deliveries

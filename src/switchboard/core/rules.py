@@ -28,6 +28,7 @@ __all__ = [
     "Role",
     "Rule",
     "action_of",
+    "action_of_media",
     "check",
     "markdown_table",
 ]
@@ -136,6 +137,11 @@ _POLL_ACTIONS = {
 }
 _MEDIA_ACTIONS = {Media.AUDIO: Action.AUDIO, Media.VIDEO: Action.VIDEO, Media.SCREEN: Action.SCREEN}
 _RECEIVE_OPS = frozenset({"subscribe", "receive", "keyframe"})
+
+
+def action_of_media(m: int) -> Action:
+    """The action of sending media of type ``m`` (a :class:`Media` value)."""
+    return _MEDIA_ACTIONS[Media(m)]
 
 
 def action_of(frame: ClientFrame) -> Action:

@@ -4,11 +4,13 @@
 This is :mod:`switchboard.relay._purecore` in Cython, line for line in meaning:
 reading websocket frames out of decrypted bytes, unmasking them, queueing
 pre-framed messages per receiver and writing each receiver's queue once per
-event-loop turn. It exists because the interpreter's cost per frame, not the
-kernel's or OpenSSL's, was what separated the relay from the featureless
-reference relay (docs/topics/performance.md). Policy (routing, rules, limits,
-the websocket handshake and closing) stays in Python; what is here has no
-decisions in it beyond the framing rules of RFC 6455.
+event-loop turn, and switching the media frames of senders whose headers have
+the SDK's layout (``MediaLane``). It exists because the interpreter's cost per
+frame, not the kernel's or OpenSSL's, was what separated the relay from the
+featureless reference relay (docs/topics/performance.md). Policy (routing,
+rules, limits, the websocket handshake and closing) stays in Python: a media
+lane reads the same objects the Python path reads and passes only what that
+path would pass without a word; everything else it leaves to it.
 
 Both implementations are tested against each other (tests/test_core.py) and
 the relay's end-to-end suites run on each.
@@ -23,7 +25,7 @@ from cpython.bytearray cimport (
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import asyncio
@@ -31,7 +33,18 @@ import logging
 
 from websockets.protocol import State
 
-__all__ = ["COMPILED", "READ_BUFFER", "ConnectionCore", "Outbox", "binary_message", "fan_out"]
+from switchboard.core.meeting import MeetingState, Presence
+
+__all__ = [
+    "COMPILED",
+    "READ_BUFFER",
+    "ConnectionCore",
+    "MediaLane",
+    "Outbox",
+    "binary_message",
+    "fan_out",
+    "fan_out_media",
+]
 
 COMPILED = True
 
@@ -39,6 +52,9 @@ log = logging.getLogger("switchboard.relay")
 
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _OPEN = State.OPEN
+cdef object _LIVE = MeetingState.LIVE
+cdef object _HERE = Presence.HERE
+cdef const char* _KEY = b"\xa3key"  # msgpack's "key"
 
 cdef Py_ssize_t _READ_SIZE = 256 * 1024
 cdef bytearray _READ = bytearray(_READ_SIZE)
@@ -54,23 +70,51 @@ cdef inline double _monotonic() noexcept:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
-cdef inline bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* key):
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
-    cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+cdef inline void _unmask_into(
+    unsigned char* dst, const unsigned char* src, Py_ssize_t n, const unsigned char* key, Py_ssize_t skew
+) noexcept:
+    # dst[i] = src[i] ^ key[(i + skew) & 3]: skew is where src starts in the masked message.
+    cdef unsigned char k[4]
     cdef uint32_t k32
     cdef uint64_t k64, w
     cdef Py_ssize_t i = 0
-    memcpy(&k32, key, 4)
+    for i in range(4):
+        k[i] = key[(i + skew) & 3]
+    memcpy(&k32, k, 4)
     k64 = (<uint64_t>k32 << 32) | k32  # the key twice, in memory order either way
+    i = 0
     while i + 8 <= n:
         memcpy(&w, src + i, 8)
         w ^= k64
         memcpy(dst + i, &w, 8)
         i += 8
     while i < n:
-        dst[i] = src[i] ^ key[i & 3]
+        dst[i] = src[i] ^ k[i & 3]
         i += 1
+
+
+cdef inline bytes _unmask(const unsigned char* src, Py_ssize_t n, const unsigned char* key):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    _unmask_into(<unsigned char*>PyBytes_AS_STRING(out), src, n, key, 0)
     return out
+
+
+cdef inline Py_ssize_t _frame_head(unsigned char* out, Py_ssize_t n) noexcept:
+    # The header of an unmasked binary frame of n bytes; its length.
+    cdef int i
+    out[0] = 0x82
+    if n < 126:
+        out[1] = <unsigned char>n
+        return 2
+    if n < 65536:
+        out[1] = 126
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>(n & 0xFF)
+        return 4
+    out[1] = 127
+    for i in range(8):
+        out[2 + i] = <unsigned char>((<uint64_t>n >> (56 - 8 * i)) & 0xFF)
+    return 10
 
 
 def binary_message(*parts):
@@ -79,29 +123,12 @@ def binary_message(*parts):
     cdef Py_buffer view
     cdef unsigned char* out
     cdef bytes message
-    cdef int i
     for part in parts:
         n += len(part)
-    if n < 126:
-        at = 2
-    elif n < 65536:
-        at = 4
-    else:
-        at = 10
-    total = at + n
+    total = (2 if n < 126 else 4 if n < 65536 else 10) + n
     message = PyBytes_FromStringAndSize(NULL, total)
     out = <unsigned char*>PyBytes_AS_STRING(message)
-    out[0] = 0x82
-    if at == 2:
-        out[1] = <unsigned char>n
-    elif at == 4:
-        out[1] = 126
-        out[2] = <unsigned char>(n >> 8)
-        out[3] = <unsigned char>(n & 0xFF)
-    else:
-        out[1] = 127
-        for i in range(8):
-            out[2 + i] = <unsigned char>((<uint64_t>n >> (56 - 8 * i)) & 0xFF)
+    at = _frame_head(out, n)
     for part in parts:
         PyObject_GetBuffer(part, &view, PyBUF_SIMPLE)
         try:
@@ -169,9 +196,12 @@ cdef class ConnectionCore:
     cdef public object _partial
     cdef public list _pending
     cdef public Outbox _outbox
+    cdef public object participant
+    cdef public tuple lanes
 
     def __cinit__(self, *args, **kwargs):
         self._pending = []
+        self.lanes = ()
         self.last_rx = _monotonic()
 
     # reading
@@ -258,7 +288,8 @@ cdef class ConnectionCore:
             if stop > end:
                 break
             if first == 0x82 and self.proto.current_size is None:
-                self._on_message(_unmask(buf + start, stop - start, buf + mask_at))
+                if not (self.lanes and self._take(buf + start, stop - start, buf + mask_at)):
+                    self._on_message(_unmask(buf + start, stop - start, buf + mask_at))
             else:
                 self._receive(PyBytes_FromStringAndSize(<const char*>buf + at, stop - at))
                 if self.proto.state is not _OPEN:
@@ -274,6 +305,29 @@ cdef class ConnectionCore:
         else:
             self._partial = PyByteArray_FromStringAndSize(<const char*>buf + at, end - at)
         return 0
+
+    cdef int _take(self, const unsigned char* src, Py_ssize_t n, const unsigned char* key) except -1:
+        # Whether one of this sender's media lanes switched the masked message at src.
+        cdef MediaLane lane
+        for lane in self.lanes:
+            try:
+                if lane._take(self, src, n, key):
+                    return 1
+            except Exception:
+                self._switch_failed()
+                return 1
+        return 0
+
+    def _take_message(self, data):
+        """Offer one unmasked binary message to this sender's media lanes (tests)."""
+        cdef Py_buffer view
+        cdef unsigned char zero[4]
+        zero[0] = zero[1] = zero[2] = zero[3] = 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            return bool(self.lanes and self._take(<const unsigned char*>view.buf, view.len, zero))
+        finally:
+            PyBuffer_Release(&view)
 
     # writing
 
@@ -322,3 +376,263 @@ def fan_out(dict conns not None, long me, bytes message not None):
             if conn._write(message):
                 n += 1
     return n
+
+
+cdef int _media_fan_out(
+    dict conns,
+    long me,
+    object track,
+    object m,
+    bint key,
+    bint keyed,
+    Py_ssize_t threshold,
+    tuple stream,
+    bytes message,
+    Py_ssize_t* counts,
+) except -1:
+    # counts[0] += deliveries, counts[1] += drops; 1 if a keyframe should be asked for.
+    cdef ConnectionCore other
+    cdef Py_ssize_t backlog
+    cdef int ask = 0
+    for pid, obj in conns.items():
+        if <long>pid == me:
+            continue
+        other = <ConnectionCore?>obj
+        if not other.open:
+            continue
+        receiver = other.participant
+        if receiver is None:
+            continue
+        if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(me, track, m):
+            continue
+        transport = other.transport
+        backlog = other.pending_bytes
+        if transport is not None:
+            backlog += <Py_ssize_t>transport.get_write_buffer_size()
+        waiting = receiver.awaiting_key
+        if keyed and waiting and stream in waiting:
+            if not key or backlog > threshold:
+                counts[1] += 1
+                continue
+            waiting.discard(stream)
+        elif backlog > threshold:
+            counts[1] += 1
+            if keyed:
+                if waiting is None:
+                    waiting = set()
+                    receiver.awaiting_key = waiting
+                waiting.add(stream)
+                ask = 1
+            continue
+        if other._write(message):
+            counts[0] += 1
+    return ask
+
+
+def fan_out_media(
+    dict conns not None,
+    long me,
+    track,
+    m,
+    bint key,
+    bint keyed,
+    Py_ssize_t threshold,
+    tuple stream not None,
+    bytes message not None,
+):
+    """Queue a media frame for every subscribed receiver in ``conns`` but ``me``, by the drop
+    policy (see ``_purecore.fan_out_media``); ``(deliveries, dropped, ask_keyframe)``."""
+    cdef Py_ssize_t counts[2]
+    counts[0] = counts[1] = 0
+    ask = _media_fan_out(conns, me, track, m, key, keyed, threshold, stream, message, counts)
+    return counts[0], counts[1], ask == 1
+
+
+cdef class MediaLane:
+    """One sender's media track whose headers have the SDK's layout, switched here.
+
+    See ``_purecore.MediaLane``: the same decisions, read from the same objects,
+    without the interpreter. The payload is unmasked straight into the frame that
+    goes out.
+    """
+
+    cdef readonly object layout
+    cdef bytes _prefix
+    cdef bytes _out_prefix
+    cdef readonly object track
+    cdef readonly object m
+    cdef object _media
+    cdef bint _keyed
+    cdef object _feature
+    cdef Py_ssize_t _threshold
+    cdef readonly tuple stream
+    cdef long _pid
+    cdef object _clock
+    cdef object _allows
+    cdef object _role
+    cdef object _webinar
+    cdef object _rate_meter
+    cdef object _bucket
+    cdef double _rate
+    cdef double _burst
+    cdef Py_ssize_t _max_bytes
+    cdef object _meter
+    cdef object _use
+    cdef double _started
+
+    def __init__(
+        self, layout, *, long pid, media, bint keyed, feature, Py_ssize_t threshold, clock, allows
+    ):
+        if len(layout.prefix) > 64 or len(layout.out_prefix) > 64:
+            raise ValueError("a media header layout longer than any the SDK writes")
+        self.layout = layout
+        self._prefix = layout.prefix
+        self._out_prefix = layout.out_prefix
+        self.track = layout.track
+        self.m = layout.m
+        self._media = media
+        self._keyed = keyed
+        self._feature = feature
+        self._threshold = threshold
+        self._pid = pid
+        self.stream = (pid, layout.track)
+        self._clock = clock
+        self._allows = allows
+
+    cdef int _take(
+        self, ConnectionCore conn, const unsigned char* src, Py_ssize_t n, const unsigned char* mask
+    ) except -1:
+        cdef unsigned char head[80]
+        cdef Py_ssize_t plen = len(self._prefix), olen = len(self._out_prefix)
+        cdef Py_ssize_t hn, at, i, nbytes, seqlen, body, total, w
+        cdef unsigned long seq
+        cdef unsigned char first, flag
+        cdef double now, tokens
+        cdef bytes message
+        cdef unsigned char* out
+        cdef Py_ssize_t counts[2]
+        cdef int ask
+        # The header, unmasked on the stack: the prefix, 'seq', then 'key'.
+        hn = plen + 10 if plen + 10 < n else n
+        for i in range(hn):
+            head[i] = src[i] ^ mask[i & 3]
+        if hn < plen + 6 or memcmp(head, PyBytes_AS_STRING(self._prefix), plen) != 0:
+            return 0
+        at = plen
+        first = head[at]
+        if first < 0x80:
+            seq = first
+            at += 1
+        elif first == 0xCD:
+            seq = (<unsigned long>head[at + 1] << 8) | head[at + 2]
+            at += 3
+        elif first == 0xCE:
+            seq = (
+                (<unsigned long>head[at + 1] << 24) | (<unsigned long>head[at + 2] << 16)
+                | (<unsigned long>head[at + 3] << 8) | head[at + 4]
+            )
+            at += 5
+        elif first == 0xCC:
+            seq = head[at + 1]
+            at += 2
+        else:
+            return 0
+        if at + 5 > hn or memcmp(head + at, _KEY, 4) != 0:
+            return 0
+        flag = head[at + 4]
+        if flag != 0xC2 and flag != 0xC3:
+            return 0
+        at += 5
+        nbytes = n - at
+        # Meeting.route's decisions for a media frame to everyone; anything but a
+        # plain yes goes to the Python path, which decides it again and answers.
+        room = (<object>conn).room
+        sender = conn.participant
+        if sender is None or room is None:
+            return 0
+        meeting = room.meeting
+        if meeting.state is not _LIVE or sender.presence is not _HERE:
+            return 0
+        role = sender.role
+        webinar = meeting.webinar
+        if role is not self._role or webinar is not self._webinar:
+            if not self._allows(role, webinar):
+                return 0
+            self._role = role
+            self._webinar = webinar
+        if (<dict?>sender.tracks).get(self.track) is not self._media:
+            return 0
+        rate_meter = sender.rate
+        if rate_meter is not self._rate_meter:
+            bucket = rate_meter.bucket("media")
+            if bucket is None:
+                return 0
+            limit = bucket.limit
+            self._rate = limit.rate
+            self._burst = limit.burst
+            self._max_bytes = limit.max_bytes
+            self._bucket = bucket
+            self._rate_meter = rate_meter
+        if self._max_bytes and nbytes > self._max_bytes:
+            return 0
+        bucket = self._bucket
+        now_obj = self._clock()
+        now = now_obj
+        tokens = <double>bucket.tokens + (now - <double>bucket.at) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens < 1.0:
+            return 0
+        bucket.tokens = tokens - 1.0
+        bucket.at = now_obj
+        muted = meeting.muted
+        if muted and self.stream in muted:
+            return 1  # a muted track: dropped on purpose, not switched
+        # The frame that goes out: forwarded header, 'seq' in its shortest form, payload.
+        seqlen = 1 if seq < 0x80 else 2 if seq < 0x100 else 3 if seq < 0x10000 else 5
+        body = olen + seqlen + 5 + nbytes
+        total = (2 if body < 126 else 4 if body < 65536 else 10) + body
+        message = PyBytes_FromStringAndSize(NULL, total)
+        out = <unsigned char*>PyBytes_AS_STRING(message)
+        w = _frame_head(out, body)
+        memcpy(out + w, PyBytes_AS_STRING(self._out_prefix), olen)
+        w += olen
+        if seqlen == 1:
+            out[w] = <unsigned char>seq
+        elif seqlen == 2:
+            out[w] = 0xCC
+            out[w + 1] = <unsigned char>seq
+        elif seqlen == 3:
+            out[w] = 0xCD
+            out[w + 1] = <unsigned char>(seq >> 8)
+            out[w + 2] = <unsigned char>(seq & 0xFF)
+        else:
+            out[w] = 0xCE
+            for i in range(4):
+                out[w + 1 + i] = <unsigned char>((seq >> (24 - 8 * i)) & 0xFF)
+        w += seqlen
+        memcpy(out + w, _KEY, 4)
+        out[w + 4] = flag
+        w += 5
+        _unmask_into(out + w, src + at, nbytes, mask, at)
+        counts[0] = counts[1] = 0
+        ask = _media_fan_out(
+            room.conns, self._pid, self.track, self.m, flag == 0xC3, self._keyed,
+            self._threshold, self.stream, message, counts,
+        )
+        # Meeting.switched: the record's counters of this feature.
+        meter = meeting.meter
+        if meter is not self._meter:
+            self._use = meter.usage(self._feature, now_obj)
+            self._started = meter.started_mono
+            self._meter = meter
+        use = self._use
+        use.frames += 1
+        use.bytes += nbytes
+        use.deliveries += counts[0]
+        use.dropped += counts[1]
+        use.last_use = now - self._started
+        meeting.last_activity = now_obj
+        if ask and meeting.keyframe_due(self._pid, self.track, now_obj):
+            (<object>conn).send_control("keyframe", track=self.track)
+        return 1

@@ -6,13 +6,17 @@ extension was not built (no C compiler at install time) or when
 ``SWITCHBOARD_PURE_PYTHON=1`` asks for it. It is also the readable reference:
 the two must behave the same, and tests/test_core.py holds them to it.
 
-What lives here has no policy in it: reading RFC 6455 frames out of decrypted
-bytes, queueing pre-framed messages per receiver, and writing each receiver's
-queue once per event-loop turn. Everything that decides (routing, rules,
-limits, the handshake, closing) is in :mod:`switchboard.relay.connection` and
-:mod:`switchboard.relay.hub`, which call back into methods this class expects
-of its subclass: ``_receive``, ``_hand_over``, ``_on_message``, ``_too_slow``
-and ``abort``.
+What lives here is the work of every frame: reading RFC 6455 frames out of
+decrypted bytes, queueing pre-framed messages per receiver, writing each
+receiver's queue once per event-loop turn, and switching the media frames of
+senders whose headers have the SDK's layout (:class:`MediaLane`), most of what
+a relay carries. Everything that decides (routing, rules, limits, the
+handshake, closing) is in :mod:`switchboard.relay.connection`,
+:mod:`switchboard.relay.hub` and the meeting model: a media lane reads their
+state and passes only the frames they would pass without a word, and leaves
+every other one to them. The subclass supplies what this class calls back
+into: ``_receive``, ``_hand_over``, ``_on_message``, ``_switch_failed``,
+``_too_slow``, ``send_control`` and ``abort``.
 """
 
 from __future__ import annotations
@@ -21,20 +25,39 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from websockets.protocol import State
 
+from ..core.meeting import MeetingState, Presence
+from ..core.wire import MediaLayout, read_media
+
 if TYPE_CHECKING:
     from websockets.server import ServerProtocol
+
+    from ..core.limits import _Bucket
+    from ..core.meeting import Participant
+    from ..core.records import FeatureUsage, UsageMeter
+    from ..core.rules import Role
+    from ..core.wire import Media
+    from .hub import Room
 
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - wheels ship the C extension
     from websockets.utils import apply_mask
 
-__all__ = ["COMPILED", "READ_BUFFER", "ConnectionCore", "Outbox", "binary_message", "fan_out"]
+__all__ = [
+    "COMPILED",
+    "READ_BUFFER",
+    "ConnectionCore",
+    "MediaLane",
+    "Outbox",
+    "binary_message",
+    "fan_out",
+    "fan_out_media",
+]
 
 COMPILED = False
 
@@ -44,6 +67,8 @@ _H1 = struct.Struct("!BB").pack
 _H2 = struct.Struct("!BBH").pack
 _H8 = struct.Struct("!BBQ").pack
 _OPEN = State.OPEN
+_LIVE = MeetingState.LIVE
+_HERE = Presence.HERE
 
 READ_BUFFER = memoryview(bytearray(256 * 1024))
 """Where every connection's transport decrypts into (see :meth:`ConnectionCore.get_buffer`)."""
@@ -113,9 +138,11 @@ class ConnectionCore:
         "_outbox",
         "_partial",
         "_pending",
+        "lanes",
         "last_rx",
         "max_size",
         "open",
+        "participant",
         "pending_bytes",
         "proto",
         "transport",
@@ -133,6 +160,9 @@ class ConnectionCore:
     _partial: bytearray | None
     _pending: list[bytes]
     _outbox: Outbox
+    participant: Participant | None
+    lanes: tuple[MediaLane, ...]
+    """This sender's media lanes, one per track whose headers have the SDK's layout."""
 
     if TYPE_CHECKING:
         # Supplied by the subclass (RelayConnection): what the core calls back into.
@@ -144,6 +174,12 @@ class ConnectionCore:
         def _on_message(self, data: bytes | bytearray | memoryview) -> None: ...
 
         def _too_slow(self) -> None: ...
+
+        def _switch_failed(self) -> None: ...
+
+        def send_control(self, op: str, **fields: Any) -> None: ...
+
+        room: Room | None
 
         def abort(self) -> None: ...
 
@@ -217,7 +253,9 @@ class ConnectionCore:
             if stop > end:
                 break
             if first == 0x82 and proto.current_size is None:
-                self._on_message(apply_mask(buf[start:stop], buf[mask_at:start]))  # type: ignore[arg-type]
+                message = apply_mask(buf[start:stop], buf[mask_at:start])  # type: ignore[arg-type]
+                if not (self.lanes and self._take_message(message)):
+                    self._on_message(message)
             else:
                 self._receive(bytes(buf[at:stop]))
                 if proto.state is not _OPEN:
@@ -230,6 +268,21 @@ class ConnectionCore:
             del partial[:at]
         else:
             self._partial = bytearray(buf[at:])
+
+    def _take_message(self, data: bytes) -> bool:
+        """Whether one of this sender's media lanes switched the binary message ``data``.
+
+        A lane that fails (a bug, not a refusal: refusals go to the Python path)
+        costs this connection, as a failure in :meth:`Hub.switch` would.
+        """
+        for lane in self.lanes:
+            try:
+                if lane.take(self, data):
+                    return True
+            except Exception:
+                self._switch_failed()
+                return True
+        return False
 
     # writing
 
@@ -273,3 +326,180 @@ def fan_out(conns: Mapping[int, ConnectionCore], me: int, message: bytes) -> int
         if pid != me and other.write_frame(message):
             n += 1
     return n
+
+
+def fan_out_media(
+    conns: Mapping[int, ConnectionCore],
+    me: int,
+    track: int,
+    m: int,
+    key: bool,
+    keyed: bool,
+    threshold: int,
+    stream: tuple[int, int],
+    message: bytes,
+) -> tuple[int, int, bool]:
+    """Queue a media frame for every subscribed receiver in ``conns`` but ``me``; by the
+    drop policy, ``(deliveries, dropped, ask_keyframe)``.
+
+    A receiver whose backlog (queued this turn plus the transport's buffer) is over
+    ``threshold`` does not get the frame. For video and screen (``keyed``) it then
+    waits for the next keyframe of this ``stream`` and the sender is asked for one:
+    frames that depend on a dropped one are worth nothing to it.
+    """
+    deliveries = dropped = 0
+    ask = False
+    for pid, other in conns.items():
+        if pid == me or not other.open:
+            continue
+        receiver = other.participant
+        if receiver is None:
+            continue
+        if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(me, track, m):
+            continue
+        transport = other.transport
+        backlog = other.pending_bytes + (
+            transport.get_write_buffer_size() if transport is not None else 0
+        )
+        waiting = receiver.awaiting_key
+        if keyed and waiting and stream in waiting:
+            if not key or backlog > threshold:
+                dropped += 1
+                continue
+            waiting.discard(stream)
+        elif backlog > threshold:
+            dropped += 1
+            if keyed:
+                if waiting is None:
+                    waiting = receiver.awaiting_key = set()
+                waiting.add(stream)
+                ask = True
+            continue
+        if other.write_frame(message):
+            deliveries += 1
+    return deliveries, dropped, ask
+
+
+class MediaLane:
+    """One sender's media track whose headers have the SDK's layout: its frames are
+    switched here, from the websocket frame to the receivers' queues.
+
+    Media is most of what a relay switches, and for a sender that uses the SDK
+    each frame's header is its track's layout with another 'seq' and 'key'
+    (:func:`wire.read_media`). The lane decides such a frame as
+    :meth:`Meeting.route` and :meth:`Hub.switch` would, reading the same objects
+    (the meeting's state and mutes, the sender's presence, role, tracks and rate
+    bucket, the receivers' subscriptions and backlogs) and counting into the same
+    record counters, so nothing is cached that could go stale but the answer of
+    the rules table for the last role and webinar mode. Any frame it does not
+    plainly pass (refused, rate-limited, a role or track change) it leaves to the
+    Python path, which decides it again and answers the sender: the lane has no
+    error paths of its own. The compiled twin does this without the interpreter,
+    which was the difference between the relay and the featureless reference
+    relay (docs/topics/performance.md).
+    """
+
+    __slots__ = (
+        "_allows",
+        "_clock",
+        "_feature",
+        "_keyed",
+        "_media",
+        "_pid",
+        "_role",
+        "_threshold",
+        "_webinar",
+        "layout",
+        "m",
+        "stream",
+        "track",
+    )
+
+    def __init__(
+        self,
+        layout: MediaLayout,
+        *,
+        pid: int,
+        media: Media,
+        keyed: bool,
+        feature: str,
+        threshold: int,
+        clock: Callable[[], float],
+        allows: Callable[[Role, bool], bool],
+    ) -> None:
+        if len(layout.prefix) > 64 or len(layout.out_prefix) > 64:
+            raise ValueError("a media header layout longer than any the SDK writes")
+        self.layout = layout
+        self.track = layout.track
+        self.m = layout.m
+        self.stream = (pid, layout.track)
+        self._pid = pid
+        self._media = media
+        self._keyed = keyed
+        self._feature = feature
+        self._threshold = threshold
+        self._clock = clock
+        self._allows = allows
+        """Whether the rules let a role send this media to everyone (webinar or not)."""
+        self._role: Role | None = None
+        self._webinar: bool | None = None
+
+    def take(self, conn: ConnectionCore, data: bytes) -> bool:
+        """Switch the binary message ``data`` from ``conn`` if it is this track's; whether
+        it was (switched, or dropped because the track is muted)."""
+        hit = read_media(self.layout, data)
+        if hit is None:
+            return False
+        frame, head = hit
+        nbytes = len(data) - frame.payload_offset
+        room, sender = conn.room, conn.participant
+        if sender is None or room is None:
+            return False
+        meeting = room.meeting
+        if meeting.state is not _LIVE or sender.presence is not _HERE:
+            return False
+        role, webinar = sender.role, meeting.webinar
+        if role is not self._role or webinar is not self._webinar:
+            if not self._allows(role, webinar):
+                return False
+            self._role, self._webinar = role, webinar
+        if sender.tracks.get(self.track) is not self._media:
+            return False
+        assert sender.rate is not None
+        bucket: _Bucket | None = sender.rate.bucket("media")
+        if bucket is None:
+            return False
+        limit = bucket.limit
+        if limit.max_bytes and nbytes > limit.max_bytes:
+            return False
+        now = self._clock()
+        tokens = min(limit.burst, bucket.tokens + (now - bucket.at) * limit.rate)
+        if tokens < 1.0:
+            return False  # RateMeter.admit refuses it, and counts the strike
+        bucket.tokens = tokens - 1.0
+        bucket.at = now
+        if meeting.muted and self.stream in meeting.muted:
+            return True  # a muted track: dropped on purpose, not switched
+        message = binary_message(head, memoryview(data)[frame.payload_offset :])
+        deliveries, dropped, ask = fan_out_media(
+            room.conns,
+            self._pid,
+            self.track,
+            self.m,
+            frame.fields["key"],
+            self._keyed,
+            self._threshold,
+            self.stream,
+            message,
+        )
+        meter: UsageMeter = meeting.meter
+        use: FeatureUsage = meter.usage(self._feature, now)
+        use.frames += 1
+        use.bytes += nbytes
+        use.deliveries += deliveries
+        use.dropped += dropped
+        use.last_use = now - meter.started_mono
+        meeting.last_activity = now
+        if ask and meeting.keyframe_due(self._pid, self.track, now):
+            conn.send_control("keyframe", track=self.track)
+        return True

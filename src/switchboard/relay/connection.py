@@ -49,12 +49,36 @@ from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 from ..logs import frame_blind
 
 if TYPE_CHECKING or os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1":
-    from ._purecore import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+    from ._purecore import (
+        COMPILED,
+        ConnectionCore,
+        MediaLane,
+        Outbox,
+        binary_message,
+        fan_out,
+        fan_out_media,
+    )
 else:
     try:
-        from ._core import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+        from ._core import (
+            COMPILED,
+            ConnectionCore,
+            MediaLane,
+            Outbox,
+            binary_message,
+            fan_out,
+            fan_out_media,
+        )
     except ImportError:  # pragma: no cover - built without a C compiler
-        from ._purecore import COMPILED, ConnectionCore, Outbox, binary_message, fan_out
+        from ._purecore import (
+            COMPILED,
+            ConnectionCore,
+            MediaLane,
+            Outbox,
+            binary_message,
+            fan_out,
+            fan_out_media,
+        )
 
 if TYPE_CHECKING:
     from ..core.meeting import Participant
@@ -64,10 +88,12 @@ __all__ = [
     "COMPILED",
     "WS_PATH",
     "BufferedRelayConnection",
+    "MediaLane",
     "Outbox",
     "RelayConnection",
     "binary_message",
     "fan_out",
+    "fan_out_media",
 ]
 
 WS_PATH = "/v1/ws"
@@ -120,7 +146,6 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         "hub",
         "layout_misses",
         "layouts",
-        "participant",
         "repeat",
         "room",
         "send_buffer",
@@ -162,6 +187,8 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         self.participant: Participant | None = None
         self.layouts: tuple[wire.MediaLayout, ...] = ()
         """The layouts of this participant's media headers, one per track, newest last."""
+        self.lanes = ()
+        """The same, as the core's media lanes that switch those tracks' frames."""
         self.layout_misses = 0
         """Media headers that had no layout (not the SDK's); after a few, none is sought."""
         self.repeat: tuple[bytes, wire.ClientFrame, bytes] | None = None
@@ -320,10 +347,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
                 # connection stays, and no one else notices.
                 self.send_error(exc)
             except Exception:
-                # A bug: this connection goes, the meeting goes on. The traceback
-                # names code, never the frame.
-                log.exception("switching failed; closing this connection")
-                self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                self._switch_failed()
             return
         if self._join_started:
             self.send_error(
@@ -338,6 +362,16 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
             return
         self._join_started = True
         self._join_task = asyncio.get_running_loop().create_task(self._join(request))
+
+    def _switch_failed(self) -> None:
+        """Switching one of this sender's frames raised (a bug, not a refusal).
+
+        This connection goes, the meeting goes on. The traceback names code,
+        never the frame. Called inside the ``except`` block, by the hub's path and
+        the core's media lanes alike.
+        """
+        log.exception("switching failed; closing this connection")
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _join(self, request: wire.JoinRequest) -> None:
         try:
@@ -365,7 +399,8 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
 
     def learn_layout(self, data: bytes | bytearray | memoryview, frame: wire.ClientFrame) -> None:
         """Keep the layout of the media header of ``data``, just parsed into ``frame``
-        (see :func:`wire.read_media`).
+        (see :func:`wire.read_media`), and the media lane that switches the track's
+        next frames in the core (see :meth:`Hub.media_lane`).
 
         At most :data:`_LAYOUTS` are kept, the oldest giving way (a track republished
         with another media type); a participant whose headers have no layout stops
@@ -379,6 +414,8 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
             self.layout_misses += 1
         else:
             self.layouts = (*self.layouts[1 - _LAYOUTS :], layout)
+            lane = self.hub.media_lane(layout, self.participant.pid)
+            self.lanes = (*self.lanes[1 - _LAYOUTS :], lane)
 
     # outbound
 

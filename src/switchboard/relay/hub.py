@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..clock import Clock
-from ..core import tokens, wire
+from ..core import rules, tokens, wire
 from ..core.codes import CloseCode
 from ..core.limits import Limits
 from ..core.meeting import (
@@ -47,13 +47,20 @@ from ..core.meeting import (
     Presence,
     Removed,
 )
-from ..core.records import CallRecord, EndReason
+from ..core.records import CallRecord, EndReason, feature_of
 from ..core.rules import Audience, Role
 from ..core.wire import Kind, Media
 from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
 from ..ledger import Ledger
 from ..store import Redemption, Store, StoredRecord
-from .connection import Outbox, RelayConnection, binary_message, fan_out
+from .connection import (
+    MediaLane,
+    Outbox,
+    RelayConnection,
+    binary_message,
+    fan_out,
+    fan_out_media,
+)
 
 __all__ = ["DropPolicy", "Hub", "Room"]
 
@@ -494,7 +501,14 @@ class Hub:
     # switching
 
     def switch(self, conn: RelayConnection, data: bytes | bytearray | memoryview) -> None:
-        """Switch one inbound frame from ``conn`` to its recipients (the hot path)."""
+        """Switch one inbound frame from ``conn`` to its recipients.
+
+        Media frames whose header has the SDK's layout are switched before they
+        get here, by the connection's :class:`MediaLane` for their track, which
+        makes the same decisions; this path takes each track's first frame (and
+        learns the lane from it), every other kind, and whatever a lane leaves
+        to it (refusals, rate limits, a changed role or track).
+        """
         room, sender = conn.room, conn.participant
         assert room is not None
         assert sender is not None
@@ -578,47 +592,44 @@ class Hub:
         nbytes: int,
         now: float,
     ) -> None:
-        me, track, media, key = sender.pid, fields["track"], fields["m"], fields["key"]
-        stream = (me, track)
-        keyed = media != Media.AUDIO
-        threshold = self.drop.threshold(media)
-        deliveries = dropped = 0
-        ask_keyframe = False
-        # The per-receiver loop is the relay's innermost loop: attribute reads
-        # instead of calls where the meaning is the same (see RelayConnection).
-        for pid, other in room.conns.items():
-            if pid == me or not other.open:
-                continue
-            receiver = other.participant
-            if receiver is None:
-                continue
-            if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(
-                me, track, media
-            ):
-                continue
-            transport = other.transport
-            backlog = other.pending_bytes + (
-                transport.get_write_buffer_size() if transport is not None else 0
-            )
-            waiting = receiver.awaiting_key
-            if keyed and waiting and stream in waiting:
-                if not key or backlog > threshold:
-                    dropped += 1
-                    continue
-                waiting.discard(stream)
-            elif backlog > threshold:
-                dropped += 1
-                if keyed:
-                    if waiting is None:
-                        waiting = receiver.awaiting_key = set()
-                    waiting.add(stream)
-                    ask_keyframe = True
-                continue
-            if other.write_frame(message):
-                deliveries += 1
+        me, track, media = sender.pid, fields["track"], fields["m"]
+        deliveries, dropped, ask_keyframe = fan_out_media(
+            room.conns,
+            me,
+            track,
+            media,
+            fields["key"],
+            media != Media.AUDIO,
+            self.drop.threshold(media),
+            (me, track),
+            message,
+        )
         room.meeting.switched(Kind.MEDIA, media, nbytes, deliveries, dropped, now)
         if ask_keyframe and room.meeting.keyframe_due(me, track, now):
             conn.send_control("keyframe", track=track)
+
+    def media_lane(self, layout: wire.MediaLayout, pid: int) -> MediaLane:
+        """The lane that switches participant ``pid``'s media frames of ``layout`` in the
+        connection's core (see :class:`MediaLane`), by this hub's rules, clock and drops."""
+        action = rules.action_of_media(layout.m)
+
+        def allows(role: Role, webinar: bool) -> bool:
+            try:
+                rules.check(role, action, Audience.EVERYONE, webinar=webinar)
+            except Forbidden:
+                return False
+            return True
+
+        return MediaLane(
+            layout,
+            pid=pid,
+            media=Media(layout.m),
+            keyed=layout.m != Media.AUDIO,
+            feature=feature_of(Kind.MEDIA, layout.m),
+            threshold=self.drop.threshold(layout.m),
+            clock=self.clock.mono,
+            allows=allows,
+        )
 
     # moderation
 
