@@ -4,13 +4,14 @@
 This is :mod:`switchboard.relay._purecore` in Cython, line for line in meaning:
 reading websocket frames out of decrypted bytes, unmasking them, queueing
 pre-framed messages per receiver and writing each receiver's queue once per
-event-loop turn, and switching the media frames of senders whose headers have
-the SDK's layout (``MediaLane``). It exists because the interpreter's cost per
-frame, not the kernel's or OpenSSL's, was what separated the relay from the
-featureless reference relay (docs/topics/performance.md). Policy (routing,
-rules, limits, the websocket handshake and closing) stays in Python: a media
-lane reads the same objects the Python path reads and passes only what that
-path would pass without a word; everything else it leaves to it.
+event-loop turn, and switching the chat and media frames whose headers repeat
+the sender's last ones (``ChatLane``, ``MediaLane``). It exists because the
+interpreter's cost per frame, not the kernel's or OpenSSL's, was what
+separated the relay from the featureless reference relay
+(docs/topics/performance.md). Policy (routing, rules, limits, the websocket
+handshake and closing) stays in Python: a lane reads the same objects the
+Python path reads and passes only what that path would pass without a word;
+everything else it leaves to it.
 
 Both implementations are tested against each other (tests/test_core.py) and
 the relay's end-to-end suites run on each.
@@ -38,7 +39,9 @@ from switchboard.core.meeting import MeetingState, Presence
 __all__ = [
     "COMPILED",
     "READ_BUFFER",
+    "ChatLane",
     "ConnectionCore",
+    "Lane",
     "MediaLane",
     "Outbox",
     "binary_message",
@@ -307,8 +310,8 @@ cdef class ConnectionCore:
         return 0
 
     cdef int _take(self, const unsigned char* src, Py_ssize_t n, const unsigned char* key) except -1:
-        # Whether one of this sender's media lanes switched the masked message at src.
-        cdef MediaLane lane
+        # Whether one of this sender's lanes switched the masked message at src.
+        cdef Lane lane
         for lane in self.lanes:
             try:
                 if lane._take(self, src, n, key):
@@ -319,7 +322,7 @@ cdef class ConnectionCore:
         return 0
 
     def _take_message(self, data):
-        """Offer one unmasked binary message to this sender's media lanes (tests)."""
+        """Offer one unmasked binary message to this sender's lanes (tests)."""
         cdef Py_buffer view
         cdef unsigned char zero[4]
         zero[0] = zero[1] = zero[2] = zero[3] = 0
@@ -366,8 +369,7 @@ cdef class ConnectionCore:
         self._flush_pending()
 
 
-def fan_out(dict conns not None, long me, bytes message not None):
-    """Queue ``message`` for every connection in ``conns`` but ``me``'s; how many took it."""
+cdef Py_ssize_t _fan_out(dict conns, long me, bytes message) except -1:
     cdef Py_ssize_t n = 0
     cdef ConnectionCore conn
     for pid, other in conns.items():
@@ -376,6 +378,11 @@ def fan_out(dict conns not None, long me, bytes message not None):
             if conn._write(message):
                 n += 1
     return n
+
+
+def fan_out(dict conns not None, long me, bytes message not None):
+    """Queue ``message`` for every connection in ``conns`` but ``me``'s; how many took it."""
+    return _fan_out(conns, me, message)
 
 
 cdef int _media_fan_out(
@@ -448,7 +455,142 @@ def fan_out_media(
     return counts[0], counts[1], ask == 1
 
 
-cdef class MediaLane:
+cdef class Lane:
+    """What every lane decides as ``Meeting.route`` would (see ``_purecore.Lane``)."""
+
+    cdef readonly long pid
+    cdef object _kind_name
+    cdef object _feature
+    cdef object _clock
+    cdef object _allows
+    cdef object _role
+    cdef object _webinar
+    cdef object _rate_meter
+    cdef object _bucket
+    cdef double _rate
+    cdef double _burst
+    cdef Py_ssize_t _max_bytes
+    cdef object _meter
+    cdef object _use
+    cdef double _started
+    cdef object _now
+
+    def __init__(self, *, long pid, kind_name, feature, clock, allows):
+        self.pid = pid
+        self._kind_name = kind_name
+        self._feature = feature
+        self._clock = clock
+        self._allows = allows
+
+    cdef int _take(
+        self, ConnectionCore conn, const unsigned char* src, Py_ssize_t n, const unsigned char* mask
+    ) except -1:
+        return 0
+
+    cdef inline int _admit(self, object sender, object meeting) except -1:
+        # The route's checks that change nothing: the meeting, presence, the rules table.
+        if meeting.state is not _LIVE or sender.presence is not _HERE:
+            return 0
+        role = sender.role
+        webinar = meeting.webinar
+        if role is not self._role or webinar is not self._webinar:
+            if not self._allows(role, webinar):
+                return 0
+            self._role = role
+            self._webinar = webinar
+        return 1
+
+    cdef inline int _spend(self, object sender, Py_ssize_t nbytes) except -1:
+        # RateMeter.admit's rule for a frame it lets through; 0 for one it would refuse.
+        cdef double now, tokens
+        rate_meter = sender.rate
+        if rate_meter is not self._rate_meter:
+            bucket = rate_meter.bucket(self._kind_name)
+            if bucket is None:
+                return 0
+            limit = bucket.limit
+            self._rate = limit.rate
+            self._burst = limit.burst
+            self._max_bytes = limit.max_bytes
+            self._bucket = bucket
+            self._rate_meter = rate_meter
+        if self._max_bytes and nbytes > self._max_bytes:
+            return 0
+        bucket = self._bucket
+        now_obj = self._clock()
+        now = now_obj
+        tokens = <double>bucket.tokens + (now - <double>bucket.at) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens < 1.0:
+            return 0
+        bucket.tokens = tokens - 1.0
+        bucket.at = now_obj
+        self._now = now_obj
+        return 1
+
+    cdef inline int _count(
+        self, object meeting, Py_ssize_t nbytes, Py_ssize_t deliveries, Py_ssize_t dropped
+    ) except -1:
+        # Meeting.switched: the record's counters of this feature.
+        now_obj = self._now
+        meter = meeting.meter
+        if meter is not self._meter:
+            self._use = meter.usage(self._feature, now_obj)
+            self._started = meter.started_mono
+            self._meter = meter
+        use = self._use
+        use.frames += 1
+        use.bytes += nbytes
+        use.deliveries += deliveries
+        use.dropped += dropped
+        use.last_use = <double>now_obj - self._started
+        meeting.last_activity = now_obj
+        return 0
+
+
+cdef class ChatLane(Lane):
+    """A sender's chat to everyone under one header, switched here (see ``_purecore.ChatLane``)."""
+
+    cdef readonly bytes prefix
+    cdef readonly bytes head
+
+    def __init__(self, bytes prefix not None, bytes head not None, **kwargs):
+        super().__init__(**kwargs)
+        self.prefix = prefix
+        self.head = head
+
+    cdef int _take(
+        self, ConnectionCore conn, const unsigned char* src, Py_ssize_t n, const unsigned char* mask
+    ) except -1:
+        cdef Py_ssize_t plen = len(self.prefix), hlen = len(self.head), nbytes, body, w, i
+        cdef const unsigned char* prefix = <const unsigned char*>PyBytes_AS_STRING(self.prefix)
+        cdef bytes message
+        cdef unsigned char* out
+        if n < plen:
+            return 0
+        for i in range(plen):
+            if src[i] ^ mask[i & 3] != prefix[i]:
+                return 0
+        nbytes = n - plen
+        room = (<object>conn).room
+        sender = conn.participant
+        if sender is None or room is None:
+            return 0
+        meeting = room.meeting
+        if not self._admit(sender, meeting) or not self._spend(sender, nbytes):
+            return 0
+        body = hlen + nbytes
+        message = PyBytes_FromStringAndSize(NULL, (2 if body < 126 else 4 if body < 65536 else 10) + body)
+        out = <unsigned char*>PyBytes_AS_STRING(message)
+        w = _frame_head(out, body)
+        memcpy(out + w, PyBytes_AS_STRING(self.head), hlen)
+        _unmask_into(out + w + hlen, src + plen, nbytes, mask, plen)
+        self._count(meeting, nbytes, _fan_out(room.conns, self.pid, message), 0)
+        return 1
+
+
+cdef class MediaLane(Lane):
     """One sender's media track whose headers have the SDK's layout, switched here.
 
     See ``_purecore.MediaLane``: the same decisions, read from the same objects,
@@ -463,26 +605,11 @@ cdef class MediaLane:
     cdef readonly object m
     cdef object _media
     cdef bint _keyed
-    cdef object _feature
     cdef Py_ssize_t _threshold
     cdef readonly tuple stream
-    cdef long _pid
-    cdef object _clock
-    cdef object _allows
-    cdef object _role
-    cdef object _webinar
-    cdef object _rate_meter
-    cdef object _bucket
-    cdef double _rate
-    cdef double _burst
-    cdef Py_ssize_t _max_bytes
-    cdef object _meter
-    cdef object _use
-    cdef double _started
 
-    def __init__(
-        self, layout, *, long pid, media, bint keyed, feature, Py_ssize_t threshold, clock, allows
-    ):
+    def __init__(self, layout, *, media, bint keyed, Py_ssize_t threshold, **kwargs):
+        super().__init__(**kwargs)
         if len(layout.prefix) > 64 or len(layout.out_prefix) > 64:
             raise ValueError("a media header layout longer than any the SDK writes")
         self.layout = layout
@@ -492,12 +619,8 @@ cdef class MediaLane:
         self.m = layout.m
         self._media = media
         self._keyed = keyed
-        self._feature = feature
         self._threshold = threshold
-        self._pid = pid
-        self.stream = (pid, layout.track)
-        self._clock = clock
-        self._allows = allows
+        self.stream = (self.pid, layout.track)
 
     cdef int _take(
         self, ConnectionCore conn, const unsigned char* src, Py_ssize_t n, const unsigned char* mask
@@ -507,7 +630,6 @@ cdef class MediaLane:
         cdef Py_ssize_t hn, at, i, nbytes, seqlen, body, total, w
         cdef unsigned long seq
         cdef unsigned char first, flag
-        cdef double now, tokens
         cdef bytes message
         cdef unsigned char* out
         cdef Py_ssize_t counts[2]
@@ -551,40 +673,12 @@ cdef class MediaLane:
         if sender is None or room is None:
             return 0
         meeting = room.meeting
-        if meeting.state is not _LIVE or sender.presence is not _HERE:
+        if not self._admit(sender, meeting):
             return 0
-        role = sender.role
-        webinar = meeting.webinar
-        if role is not self._role or webinar is not self._webinar:
-            if not self._allows(role, webinar):
-                return 0
-            self._role = role
-            self._webinar = webinar
         if (<dict?>sender.tracks).get(self.track) is not self._media:
             return 0
-        rate_meter = sender.rate
-        if rate_meter is not self._rate_meter:
-            bucket = rate_meter.bucket("media")
-            if bucket is None:
-                return 0
-            limit = bucket.limit
-            self._rate = limit.rate
-            self._burst = limit.burst
-            self._max_bytes = limit.max_bytes
-            self._bucket = bucket
-            self._rate_meter = rate_meter
-        if self._max_bytes and nbytes > self._max_bytes:
+        if not self._spend(sender, nbytes):
             return 0
-        bucket = self._bucket
-        now_obj = self._clock()
-        now = now_obj
-        tokens = <double>bucket.tokens + (now - <double>bucket.at) * self._rate
-        if tokens > self._burst:
-            tokens = self._burst
-        if tokens < 1.0:
-            return 0
-        bucket.tokens = tokens - 1.0
-        bucket.at = now_obj
         muted = meeting.muted
         if muted and self.stream in muted:
             return 1  # a muted track: dropped on purpose, not switched
@@ -617,22 +711,10 @@ cdef class MediaLane:
         _unmask_into(out + w, src + at, nbytes, mask, at)
         counts[0] = counts[1] = 0
         ask = _media_fan_out(
-            room.conns, self._pid, self.track, self.m, flag == 0xC3, self._keyed,
+            room.conns, self.pid, self.track, self.m, flag == 0xC3, self._keyed,
             self._threshold, self.stream, message, counts,
         )
-        # Meeting.switched: the record's counters of this feature.
-        meter = meeting.meter
-        if meter is not self._meter:
-            self._use = meter.usage(self._feature, now_obj)
-            self._started = meter.started_mono
-            self._meter = meter
-        use = self._use
-        use.frames += 1
-        use.bytes += nbytes
-        use.deliveries += counts[0]
-        use.dropped += counts[1]
-        use.last_use = now - self._started
-        meeting.last_activity = now_obj
-        if ask and meeting.keyframe_due(self._pid, self.track, now_obj):
+        self._count(meeting, nbytes, counts[0], counts[1])
+        if ask and meeting.keyframe_due(self.pid, self.track, self._now):
             (<object>conn).send_control("keyframe", track=self.track)
         return 1

@@ -8,11 +8,11 @@ the two must behave the same, and tests/test_core.py holds them to it.
 
 What lives here is the work of every frame: reading RFC 6455 frames out of
 decrypted bytes, queueing pre-framed messages per receiver, writing each
-receiver's queue once per event-loop turn, and switching the media frames of
-senders whose headers have the SDK's layout (:class:`MediaLane`), most of what
-a relay carries. Everything that decides (routing, rules, limits, the
+receiver's queue once per event-loop turn, and switching the chat and media
+frames whose headers repeat the sender's last ones (:class:`Lane`), most of
+what a relay carries. Everything that decides (routing, rules, limits, the
 handshake, closing) is in :mod:`switchboard.relay.connection`,
-:mod:`switchboard.relay.hub` and the meeting model: a media lane reads their
+:mod:`switchboard.relay.hub` and the meeting model: a lane reads their
 state and passes only the frames they would pass without a word, and leaves
 every other one to them. The subclass supplies what this class calls back
 into: ``_receive``, ``_hand_over``, ``_on_message``, ``_switch_failed``,
@@ -51,7 +51,9 @@ except ImportError:  # pragma: no cover - wheels ship the C extension
 __all__ = [
     "COMPILED",
     "READ_BUFFER",
+    "ChatLane",
     "ConnectionCore",
+    "Lane",
     "MediaLane",
     "Outbox",
     "binary_message",
@@ -161,8 +163,8 @@ class ConnectionCore:
     _pending: list[bytes]
     _outbox: Outbox
     participant: Participant | None
-    lanes: tuple[MediaLane, ...]
-    """This sender's media lanes, one per track whose headers have the SDK's layout."""
+    lanes: tuple[Lane, ...]
+    """This sender's lanes: its chat to everyone, and one per media track (see :class:`Lane`)."""
 
     if TYPE_CHECKING:
         # Supplied by the subclass (RelayConnection): what the core calls back into.
@@ -270,7 +272,7 @@ class ConnectionCore:
             self._partial = bytearray(buf[at:])
 
     def _take_message(self, data: bytes) -> bool:
-        """Whether one of this sender's media lanes switched the binary message ``data``.
+        """Whether one of this sender's lanes switched the binary message ``data``.
 
         A lane that fails (a bug, not a refusal: refusals go to the Python path)
         costs this connection, as a failure in :meth:`Hub.switch` would.
@@ -380,73 +382,148 @@ def fan_out_media(
     return deliveries, dropped, ask
 
 
-class MediaLane:
-    """One sender's media track whose headers have the SDK's layout: its frames are
-    switched here, from the websocket frame to the receivers' queues.
+class Lane:
+    """A sender's frames of one kind under one header, switched here, from the websocket
+    frame to the receivers' queues: :class:`ChatLane` and :class:`MediaLane`.
 
-    Media is most of what a relay switches, and for a sender that uses the SDK
-    each frame's header is its track's layout with another 'seq' and 'key'
-    (:func:`wire.read_media`). The lane decides such a frame as
-    :meth:`Meeting.route` and :meth:`Hub.switch` would, reading the same objects
-    (the meeting's state and mutes, the sender's presence, role, tracks and rate
-    bucket, the receivers' subscriptions and backlogs) and counting into the same
-    record counters, so nothing is cached that could go stale but the answer of
-    the rules table for the last role and webinar mode. Any frame it does not
+    Chat and media are most of what a relay switches, and a sender repeats its
+    header frame after frame (the SDK's media header differs only in 'seq' and
+    'key', see :func:`wire.read_media`). The Python path (:meth:`Hub.switch`)
+    learns a lane from the first such frame; the next ones are decided here as
+    :meth:`Meeting.route` and the hub would, reading the same objects (the
+    meeting's state and mutes, the sender's presence, role, tracks and rate
+    bucket, the receivers' subscriptions and backlogs) and counting into the
+    same record counters. Nothing is cached that could go stale but the rules
+    table's answer for the last role and webinar mode. Any frame a lane does not
     plainly pass (refused, rate-limited, a role or track change) it leaves to the
-    Python path, which decides it again and answers the sender: the lane has no
+    Python path, which decides it again and answers the sender: a lane has no
     error paths of its own. The compiled twin does this without the interpreter,
     which was the difference between the relay and the featureless reference
     relay (docs/topics/performance.md).
     """
 
-    __slots__ = (
-        "_allows",
-        "_clock",
-        "_feature",
-        "_keyed",
-        "_media",
-        "_pid",
-        "_role",
-        "_threshold",
-        "_webinar",
-        "layout",
-        "m",
-        "stream",
-        "track",
-    )
+    __slots__ = ("_allows", "_clock", "_feature", "_kind_name", "_role", "_webinar", "pid")
 
     def __init__(
         self,
-        layout: MediaLayout,
         *,
         pid: int,
-        media: Media,
-        keyed: bool,
+        kind_name: str,
         feature: str,
-        threshold: int,
         clock: Callable[[], float],
         allows: Callable[[Role, bool], bool],
     ) -> None:
+        self.pid = pid
+        self._kind_name = kind_name
+        """The rate limit's name for this kind ("chat", "media")."""
+        self._feature = feature
+        self._clock = clock
+        self._allows = allows
+        """Whether the rules let a role send this kind to everyone (webinar or not)."""
+        self._role: Role | None = None
+        self._webinar: bool | None = None
+
+    def take(self, conn: ConnectionCore, data: bytes) -> bool:
+        """Switch the binary message ``data`` from ``conn`` if it is this lane's; whether it
+        was (switched, or dropped on purpose)."""
+        raise NotImplementedError
+
+    def _admit(self, sender: Participant, meeting: Any) -> bool:
+        # The route's checks that change nothing: the meeting, presence, the rules table.
+        if meeting.state is not _LIVE or sender.presence is not _HERE:
+            return False
+        role, webinar = sender.role, meeting.webinar
+        if role is not self._role or webinar is not self._webinar:
+            if not self._allows(role, webinar):
+                return False
+            self._role, self._webinar = role, webinar
+        return True
+
+    def _spend(self, sender: Participant, nbytes: int) -> float | None:
+        """:meth:`RateMeter.admit`'s rule for a frame it lets through: the time it was let
+        through; ``None`` for a frame it would refuse (and count a strike for)."""
+        assert sender.rate is not None
+        bucket: _Bucket | None = sender.rate.bucket(self._kind_name)
+        if bucket is None:
+            return None
+        limit = bucket.limit
+        if limit.max_bytes and nbytes > limit.max_bytes:
+            return None
+        now = self._clock()
+        tokens = min(limit.burst, bucket.tokens + (now - bucket.at) * limit.rate)
+        if tokens < 1.0:
+            return None
+        bucket.tokens = tokens - 1.0
+        bucket.at = now
+        return now
+
+    def _count(self, meeting: Any, nbytes: int, deliveries: int, dropped: int, now: float) -> None:
+        # Meeting.switched: the record's counters of this feature.
+        meter: UsageMeter = meeting.meter
+        use: FeatureUsage = meter.usage(self._feature, now)
+        use.frames += 1
+        use.bytes += nbytes
+        use.deliveries += deliveries
+        use.dropped += dropped
+        use.last_use = now - meter.started_mono
+        meeting.last_activity = now
+
+
+class ChatLane(Lane):
+    """A sender's chat messages to everyone under one header (``prefix``, the client's
+    header bytes; ``head``, the header forwarded for them).
+
+    A msgpack map ends where its encoding says, so a message that starts with the
+    bytes of a header has that header and its payload after it.
+    """
+
+    __slots__ = ("head", "prefix")
+
+    def __init__(self, prefix: bytes, head: bytes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
+        self.head = head
+
+    def take(self, conn: ConnectionCore, data: bytes) -> bool:
+        prefix = self.prefix
+        if data[: len(prefix)] != prefix:
+            return False
+        nbytes = len(data) - len(prefix)
+        room, sender = conn.room, conn.participant
+        if sender is None or room is None:
+            return False
+        meeting = room.meeting
+        if not self._admit(sender, meeting):
+            return False
+        now = self._spend(sender, nbytes)
+        if now is None:
+            return False
+        message = binary_message(self.head, memoryview(data)[len(prefix) :])
+        self._count(meeting, nbytes, fan_out(room.conns, self.pid, message), 0, now)
+        return True
+
+
+class MediaLane(Lane):
+    """One sender's media track whose headers have the SDK's layout
+    (:func:`wire.media_layout`)."""
+
+    __slots__ = ("_keyed", "_media", "_threshold", "layout", "m", "stream", "track")
+
+    def __init__(
+        self, layout: MediaLayout, *, media: Media, keyed: bool, threshold: int, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
         if len(layout.prefix) > 64 or len(layout.out_prefix) > 64:
             raise ValueError("a media header layout longer than any the SDK writes")
         self.layout = layout
         self.track = layout.track
         self.m = layout.m
-        self.stream = (pid, layout.track)
-        self._pid = pid
+        self.stream = (self.pid, layout.track)
         self._media = media
         self._keyed = keyed
-        self._feature = feature
         self._threshold = threshold
-        self._clock = clock
-        self._allows = allows
-        """Whether the rules let a role send this media to everyone (webinar or not)."""
-        self._role: Role | None = None
-        self._webinar: bool | None = None
 
     def take(self, conn: ConnectionCore, data: bytes) -> bool:
-        """Switch the binary message ``data`` from ``conn`` if it is this track's; whether
-        it was (switched, or dropped because the track is muted)."""
         hit = read_media(self.layout, data)
         if hit is None:
             return False
@@ -456,34 +533,19 @@ class MediaLane:
         if sender is None or room is None:
             return False
         meeting = room.meeting
-        if meeting.state is not _LIVE or sender.presence is not _HERE:
+        if not self._admit(sender, meeting):
             return False
-        role, webinar = sender.role, meeting.webinar
-        if role is not self._role or webinar is not self._webinar:
-            if not self._allows(role, webinar):
-                return False
-            self._role, self._webinar = role, webinar
         if sender.tracks.get(self.track) is not self._media:
             return False
-        assert sender.rate is not None
-        bucket: _Bucket | None = sender.rate.bucket("media")
-        if bucket is None:
-            return False
-        limit = bucket.limit
-        if limit.max_bytes and nbytes > limit.max_bytes:
-            return False
-        now = self._clock()
-        tokens = min(limit.burst, bucket.tokens + (now - bucket.at) * limit.rate)
-        if tokens < 1.0:
+        now = self._spend(sender, nbytes)
+        if now is None:
             return False  # RateMeter.admit refuses it, and counts the strike
-        bucket.tokens = tokens - 1.0
-        bucket.at = now
         if meeting.muted and self.stream in meeting.muted:
             return True  # a muted track: dropped on purpose, not switched
         message = binary_message(head, memoryview(data)[frame.payload_offset :])
         deliveries, dropped, ask = fan_out_media(
             room.conns,
-            self._pid,
+            self.pid,
             self.track,
             self.m,
             frame.fields["key"],
@@ -492,14 +554,7 @@ class MediaLane:
             self.stream,
             message,
         )
-        meter: UsageMeter = meeting.meter
-        use: FeatureUsage = meter.usage(self._feature, now)
-        use.frames += 1
-        use.bytes += nbytes
-        use.deliveries += deliveries
-        use.dropped += dropped
-        use.last_use = now - meter.started_mono
-        meeting.last_activity = now
-        if ask and meeting.keyframe_due(self._pid, self.track, now):
+        self._count(meeting, nbytes, deliveries, dropped, now)
+        if ask and meeting.keyframe_due(self.pid, self.track, now):
             conn.send_control("keyframe", track=self.track)
         return True

@@ -51,7 +51,9 @@ from ..logs import frame_blind
 if TYPE_CHECKING or os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1":
     from ._purecore import (
         COMPILED,
+        ChatLane,
         ConnectionCore,
+        Lane,
         MediaLane,
         Outbox,
         binary_message,
@@ -62,7 +64,9 @@ else:
     try:
         from ._core import (
             COMPILED,
+            ChatLane,
             ConnectionCore,
+            Lane,
             MediaLane,
             Outbox,
             binary_message,
@@ -72,7 +76,9 @@ else:
     except ImportError:  # pragma: no cover - built without a C compiler
         from ._purecore import (
             COMPILED,
+            ChatLane,
             ConnectionCore,
+            Lane,
             MediaLane,
             Outbox,
             binary_message,
@@ -88,6 +94,8 @@ __all__ = [
     "COMPILED",
     "WS_PATH",
     "BufferedRelayConnection",
+    "ChatLane",
+    "Lane",
     "MediaLane",
     "Outbox",
     "RelayConnection",
@@ -136,11 +144,13 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
     __slots__ = (
         "_bulk",
         "_bulk_bytes",
+        "_chat_lane",
         "_close_timer",
         "_fragments",
         "_join_started",
         "_join_task",
         "_join_timer",
+        "_media_lanes",
         "_pump_timer",
         "bulk_limit",
         "hub",
@@ -187,8 +197,11 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         self.participant: Participant | None = None
         self.layouts: tuple[wire.MediaLayout, ...] = ()
         """The layouts of this participant's media headers, one per track, newest last."""
+        self._media_lanes: tuple[MediaLane, ...] = ()
+        """The same, as the core's lanes that switch those tracks' frames."""
+        self._chat_lane: ChatLane | None = None
+        """The core's lane for this participant's chat to everyone under its last header."""
         self.lanes = ()
-        """The same, as the core's media lanes that switch those tracks' frames."""
         self.layout_misses = 0
         """Media headers that had no layout (not the SDK's); after a few, none is sought."""
         self.repeat: tuple[bytes, wire.ClientFrame, bytes] | None = None
@@ -399,8 +412,8 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
 
     def learn_layout(self, data: bytes | bytearray | memoryview, frame: wire.ClientFrame) -> None:
         """Keep the layout of the media header of ``data``, just parsed into ``frame``
-        (see :func:`wire.read_media`), and the media lane that switches the track's
-        next frames in the core (see :meth:`Hub.media_lane`).
+        (see :func:`wire.read_media`), and the lane that switches the track's next
+        frames in the core (see :meth:`Hub.media_lane`).
 
         At most :data:`_LAYOUTS` are kept, the oldest giving way (a track republished
         with another media type); a participant whose headers have no layout stops
@@ -415,7 +428,24 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         else:
             self.layouts = (*self.layouts[1 - _LAYOUTS :], layout)
             lane = self.hub.media_lane(layout, self.participant.pid)
-            self.lanes = (*self.lanes[1 - _LAYOUTS :], lane)
+            self._media_lanes = (*self._media_lanes[1 - _LAYOUTS :], lane)
+            self._offer_lanes()
+
+    def learn_chat(self, prefix: bytes, head: bytes) -> None:
+        """Switch this participant's next chat messages to everyone whose header is
+        ``prefix`` (the bytes of a header just parsed) in the core, forwarded with
+        ``head`` (see :meth:`Hub.chat_lane`)."""
+        if self.participant is None:
+            return
+        lane = self._chat_lane
+        if lane is None or lane.prefix != prefix:
+            self._chat_lane = self.hub.chat_lane(prefix, head, self.participant.pid)
+            self._offer_lanes()
+
+    def _offer_lanes(self) -> None:
+        # Media first: at tens of frames a second per track they are most of what comes.
+        chat = self._chat_lane
+        self.lanes = (*self._media_lanes, chat) if chat is not None else self._media_lanes
 
     # outbound
 

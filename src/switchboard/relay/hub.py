@@ -48,12 +48,13 @@ from ..core.meeting import (
     Removed,
 )
 from ..core.records import CallRecord, EndReason, feature_of
-from ..core.rules import Audience, Role
+from ..core.rules import Action, Audience, Role
 from ..core.wire import Kind, Media
 from ..errors import Forbidden, FrameError, InvitationError, MeetingEnded, NotFound
 from ..ledger import Ledger
 from ..store import Redemption, Store, StoredRecord
 from .connection import (
+    ChatLane,
     MediaLane,
     Outbox,
     RelayConnection,
@@ -86,6 +87,20 @@ class DropPolicy:
         if media == Media.AUDIO:
             return self.audio
         return self.video if media == Media.VIDEO else self.screen
+
+
+def _allows(action: Action) -> Callable[[Role, bool], bool]:
+    """Whether the rules table lets a role take ``action`` towards everyone, in webinar
+    mode or not: what a lane asks when the sender's role or the mode changed."""
+
+    def allows(role: Role, webinar: bool) -> bool:
+        try:
+            rules.check(role, action, Audience.EVERYONE, webinar=webinar)
+        except Forbidden:
+            return False
+        return True
+
+    return allows
 
 
 class Room:
@@ -540,6 +555,8 @@ class Hub:
                 # known before routing.
                 head = wire.pack_data_header(Kind.CHAT, sender.pid, frame.to, frame.fields)
                 conn.repeat = (bytes(data[: frame.payload_offset]), frame, head)
+                if frame.to is None:
+                    conn.learn_chat(conn.repeat[0], head)
         meeting = room.meeting
         now = self.clock.mono()
         kind = frame.kind
@@ -610,25 +627,30 @@ class Hub:
 
     def media_lane(self, layout: wire.MediaLayout, pid: int) -> MediaLane:
         """The lane that switches participant ``pid``'s media frames of ``layout`` in the
-        connection's core (see :class:`MediaLane`), by this hub's rules, clock and drops."""
-        action = rules.action_of_media(layout.m)
-
-        def allows(role: Role, webinar: bool) -> bool:
-            try:
-                rules.check(role, action, Audience.EVERYONE, webinar=webinar)
-            except Forbidden:
-                return False
-            return True
-
+        connection's core (see :class:`Lane`), by this hub's rules, clock and drops."""
         return MediaLane(
             layout,
-            pid=pid,
             media=Media(layout.m),
             keyed=layout.m != Media.AUDIO,
-            feature=feature_of(Kind.MEDIA, layout.m),
             threshold=self.drop.threshold(layout.m),
+            pid=pid,
+            kind_name="media",
+            feature=feature_of(Kind.MEDIA, layout.m),
             clock=self.clock.mono,
-            allows=allows,
+            allows=_allows(rules.action_of_media(layout.m)),
+        )
+
+    def chat_lane(self, prefix: bytes, head: bytes, pid: int) -> ChatLane:
+        """The lane that switches participant ``pid``'s chat to everyone under the header
+        ``prefix`` in the connection's core, forwarded with ``head`` (see :class:`Lane`)."""
+        return ChatLane(
+            prefix,
+            head,
+            pid=pid,
+            kind_name="chat",
+            feature=feature_of(Kind.CHAT),
+            clock=self.clock.mono,
+            allows=_allows(Action.CHAT),
         )
 
     # moderation

@@ -1,17 +1,19 @@
-"""A media lane switches a frame exactly as the Python path would.
+"""A lane switches a frame exactly as the Python path would.
 
-A media frame whose header has the SDK's layout is switched in the
-connection's core by a :class:`MediaLane` (compiled, or its Python twin),
-without :meth:`Hub.switch` and :meth:`Meeting.route`. These tests build the
-same meeting twice on real hubs, connections and meeting models (only the
+A media frame whose header has the SDK's layout, and a chat message to
+everyone under the sender's last header, are switched in the connection's core
+by a lane (:class:`MediaLane`, :class:`ChatLane`; compiled, or the Python
+twins), without :meth:`Hub.switch` and :meth:`Meeting.route`. These tests build
+the same meeting twice on real hubs, connections and meeting models (only the
 sockets are recording sinks), one switching through lanes and one with lanes
-switched off, and apply the same steps to both: frames on several tracks in
-every 'seq' encoding, mutes, roles, webinar mode, subscriptions, receivers'
-backlogs, presence, the clock against the rate limit, tracks withdrawn and
-republished as another media type, the meeting's end. After every step every
-connection must have been sent the same bytes (frames to receivers, errors and
-keyframe requests to the sender) and the meeting must hold the same record
-counters, rate buckets and strikes, and key waits.
+switched off, and apply the same steps to both: media frames on several tracks
+in every 'seq' encoding, chat to everyone and to one under several headers,
+mutes, roles, webinar mode, subscriptions, receivers' backlogs, presence, the
+clock against the rate limits, tracks withdrawn and republished as another
+media type, the meeting's end. After every step every connection must have
+been sent the same bytes (frames to receivers, errors and keyframe requests to
+the sender) and the meeting must hold the same record counters, rate buckets
+and strikes, and key waits.
 """
 
 from __future__ import annotations
@@ -97,7 +99,11 @@ PEOPLE = 4
 ROLES = (Role.HOST, Role.PRESENTER, Role.ATTENDEE, Role.PRESENTER)
 """An attendee may send media, but not in webinar mode."""
 
-LIMITS = Limits(media=KindLimit(rate=200, burst=6, max_bytes=300), abuse_strikes=40)
+LIMITS = Limits(
+    media=KindLimit(rate=200, burst=6, max_bytes=300),
+    chat=KindLimit(rate=100, burst=4, max_bytes=200),
+    abuse_strikes=40,
+)
 DROP = DropPolicy(video=1000, screen=2000, audio=3000)
 
 
@@ -197,6 +203,10 @@ class World:
         }
 
 
+CHAT_HEADERS: list[dict[str, Any]] = [{"k": 1}, {"k": 1}, {"k": 1, "x": 1}, {"x": 1, "k": 1}]
+"""The SDK's chat header; one with 'to' (added per message); two with an extra field."""
+
+
 def media_message(track: int, m: int, seq: int, key: bool, size: int, *, extra: bool) -> bytes:
     fields: dict[str, Any] = {"track": track, "m": m, "seq": seq, "key": key}
     if extra:
@@ -254,7 +264,17 @@ change = st.one_of(
         st.sampled_from([1, 0, 2, None]),
     ),
 )
-step = st.tuples(frame_step, st.integers(0, 3).flatmap(lambda i: change if i == 3 else st.none()))
+chat_step = st.tuples(
+    st.just("chat"),
+    st.integers(1, PEOPLE),
+    st.sampled_from([0, 20, 150, 201]),
+    st.sampled_from([0, 0, 1, 2, 3]),  # the header: see CHAT_HEADERS
+    st.sampled_from([0.01, 0.0, 0.02]),
+)
+step = st.tuples(
+    st.one_of(frame_step, chat_step),
+    st.integers(0, 3).flatmap(lambda i: change if i == 3 else st.none()),
+)
 """A frame, and after one in four a change of state: frames are what the lanes take."""
 finale = st.sampled_from([(), (("end",),), (("closed", 1),), (("closed", 2),), (("closed", 3),)])
 """Steps after which a sender or everyone is done: at most one, late in a run."""
@@ -262,7 +282,15 @@ finale = st.sampled_from([(), (("end",),), (("closed", 1),), (("closed", 2),), (
 
 def apply(world: World, action: tuple[Any, ...], rng_key: bytes) -> None:
     meeting, name = world.meeting, action[0]
-    if name == "frame":
+    if name == "chat":
+        pid, size, variant, dt = action[1:]
+        world.clock.now += dt
+        header = CHAT_HEADERS[variant]
+        if variant == 1:
+            header = {**header, "to": 1 + (pid + size) % (PEOPLE + 1)}  # anyone, self, no one
+        payload = bytes((pid + i) % 256 for i in range(size))
+        world.send(pid, msgpack.packb(header) + payload, rng_key)
+    elif name == "frame":
         (pid, track), seq, key, size, form, extra, dt = action[1:]
         world.clock.now += dt
         sender = meeting.participants.get(pid)
@@ -315,7 +343,7 @@ def apply(world: World, action: tuple[Any, ...], rng_key: bytes) -> None:
 @given(
     steps=st.lists(step, min_size=5, max_size=50),
     last=finale,
-    tail=st.lists(frame_step, max_size=5),
+    tail=st.lists(st.one_of(frame_step, chat_step), max_size=5),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_lanes_switch_media_as_the_python_path_does(
@@ -331,7 +359,15 @@ def test_lanes_switch_media_as_the_python_path_does(
 
 def random_action(rng: random.Random) -> tuple[Any, ...]:
     """One step as the strategies above draw it, from a seeded generator."""
-    if rng.random() < 0.85:
+    if rng.random() < 0.15:
+        return (
+            "chat",
+            rng.randint(1, PEOPLE),
+            rng.choice([0, 20, 150, 201]),
+            rng.choice([0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]),
+            rng.choice([0.01, 0.0, 0.02]),
+        )
+    if rng.random() < 0.8:
         return (
             "frame",
             rng.choice([(1, 1), (1, 1), (1, 2), (2, 1), (3, 1), (1, 3), (4, 1)]),
@@ -369,8 +405,9 @@ def test_long_random_runs_go_through_lanes_and_agree(lanes: ModuleType, seed: in
     actions += [random_action(rng) for _ in range(20)]
     laned, switched_in_python = asyncio.run(compare(lanes, actions, seed))
     # The walk did reach the lanes: of the frames switched, most went through one (the
-    # Python path takes each track's first frame, and those a lane leaves to it).
-    assert laned > 2 * switched_in_python, (laned, switched_in_python)
+    # Python path takes each track's and header's first frame, private chat, and what a
+    # lane leaves to it).
+    assert laned > switched_in_python, (laned, switched_in_python)
 
 
 async def compare(lanes: ModuleType, actions: list[tuple[Any, ...]], seed: int) -> tuple[int, int]:
@@ -389,8 +426,8 @@ async def compare(lanes: ModuleType, actions: list[tuple[Any, ...]], seed: int) 
         switched += 1
 
     fast.hub.switch = counted  # type: ignore[method-assign]
-    restore = hub_module.MediaLane
-    hub_module.MediaLane = lanes.MediaLane  # type: ignore[attr-defined]
+    restore = hub_module.MediaLane, hub_module.ChatLane
+    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
     try:
         for action in [*actions, ("turn",)]:
             key = rng.randbytes(4)
@@ -398,18 +435,18 @@ async def compare(lanes: ModuleType, actions: list[tuple[Any, ...]], seed: int) 
                 apply(world, action, key)
             assert fast.state() == slow.state(), action
     finally:
-        hub_module.MediaLane = restore
+        hub_module.MediaLane, hub_module.ChatLane = restore
         for world in (fast, slow):
             for conn in world.conns.values():
                 conn.abort()
-    return sum(1 for a in actions if a[0] == "frame") - calls, switched
+    return sum(1 for a in actions if a[0] in ("frame", "chat")) - calls, switched
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
 async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> None:
     # The common case, spelled out: the second frame of a track goes through its lane.
-    restore = hub_module.MediaLane
-    hub_module.MediaLane = lanes.MediaLane  # type: ignore[attr-defined]
+    restore = hub_module.MediaLane, hub_module.ChatLane
+    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
     try:
         world = World(lanes)
         python_path = world.hub.switch
@@ -428,7 +465,7 @@ async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> No
             )
         world.flush()
     finally:
-        hub_module.MediaLane = restore
+        hub_module.MediaLane, hub_module.ChatLane = restore
     conn = world.conns[1]
     assert len(calls) == 1  # the first frame taught the lane; the others went through it
     assert len(conn.lanes) == 1
@@ -452,5 +489,40 @@ async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> No
         ]
     frames_in, nbytes, deliveries, dropped, _, _ = world.state()["features"]["video"]
     assert (frames_in, nbytes, deliveries, dropped) == (3, 300, 9, 0)
+    for conn in world.conns.values():
+        conn.abort()
+
+
+@pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
+async def test_a_lane_switches_and_counts_chat_to_everyone(lanes: ModuleType) -> None:
+    restore = hub_module.MediaLane, hub_module.ChatLane
+    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
+    try:
+        world = World(lanes)
+        python_path = world.hub.switch
+        calls = []
+
+        def counted(conn: Any, data: Any) -> None:
+            calls.append(len(data))
+            python_path(conn, data)
+
+        world.hub.switch = counted  # type: ignore[method-assign]
+        for n in range(3):
+            world.send(2, msgpack.packb({"k": 1}) + f"hello {n}".encode(), b"\x05\x06\x07\x08")
+        world.flush()
+    finally:
+        hub_module.MediaLane, hub_module.ChatLane = restore
+    assert len(calls) == 1  # the first message taught the lane its header
+    (lane,) = world.conns[2].lanes
+    assert isinstance(lane, lanes.ChatLane)
+    forwarded = msgpack.packb({"k": 1, "from": 2})
+    expected = b"".join(
+        bytes([0x82, len(forwarded) + 7]) + forwarded + f"hello {n}".encode() for n in range(3)
+    )
+    for pid in (1, 3, 4):
+        assert world.sinks[pid].writes == [expected]
+    assert world.sinks[2].writes == []
+    frames_in, nbytes, deliveries, dropped, _, _ = world.state()["features"]["chat"]
+    assert (frames_in, nbytes, deliveries, dropped) == (3, 21, 9, 0)
     for conn in world.conns.values():
         conn.abort()
