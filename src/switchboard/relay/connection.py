@@ -381,7 +381,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
 
         This connection goes, the meeting goes on. The traceback names code,
         never the frame. Called inside the ``except`` block, by the hub's path and
-        the core's media lanes alike.
+        the core's lanes alike.
         """
         log.exception("switching failed; closing this connection")
         self.close(CloseCode.INTERNAL_ERROR, "internal error")

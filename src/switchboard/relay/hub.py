@@ -518,11 +518,12 @@ class Hub:
     def switch(self, conn: RelayConnection, data: bytes | bytearray | memoryview) -> None:
         """Switch one inbound frame from ``conn`` to its recipients.
 
-        Media frames whose header has the SDK's layout are switched before they
-        get here, by the connection's :class:`MediaLane` for their track, which
-        makes the same decisions; this path takes each track's first frame (and
-        learns the lane from it), every other kind, and whatever a lane leaves
-        to it (refusals, rate limits, a changed role or track).
+        Media frames whose header has the SDK's layout, and chat to everyone under
+        the sender's last header, are switched before they get here, by one of the
+        connection's lanes (:class:`MediaLane`, :class:`ChatLane`), which make the
+        same decisions; this path takes each track's and header's first frame (and
+        learns the lane from it), every other kind, private chat, and whatever a
+        lane leaves to it (refusals, rate limits, a changed role or track).
         """
         room, sender = conn.room, conn.participant
         assert room is not None
