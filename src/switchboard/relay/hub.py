@@ -25,6 +25,7 @@ participant is gone, committing the call record *before* anyone is told.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -89,9 +90,15 @@ class DropPolicy:
         return self.video if media == Media.VIDEO else self.screen
 
 
+@functools.cache
 def _allows(action: Action) -> Callable[[Role, bool], bool]:
     """Whether the rules table lets a role take ``action`` towards everyone, in webinar
-    mode or not: what a lane asks when the sender's role or the mode changed."""
+    mode or not: what a lane asks when the sender's role or the mode changed.
+
+    One function per action, shared by every lane (the table does not change): a
+    participant's lanes are made on its first frames, and a closure each would be
+    two more objects per participant for the collector.
+    """
 
     def allows(role: Role, webinar: bool) -> bool:
         try:
