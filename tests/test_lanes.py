@@ -19,9 +19,11 @@ and strikes, and key waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import struct
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -158,6 +160,23 @@ class World:
                 self.clock.now,
             )
 
+        self.python_path_calls = 0
+        """Frames the hub's Python path was handed (the lanes took the others)."""
+        self.python_path_switched = 0
+        """Of those, the ones it switched rather than refused."""
+        python_path = self.hub.switch
+
+        def counted(conn: Any, data: Any) -> None:
+            self.python_path_calls += 1
+            python_path(conn, data)  # raises for a refused frame
+            self.python_path_switched += 1
+
+        self.hub.switch = counted  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.abort()
+
     def send(self, pid: int, message: bytes, key: bytes) -> None:
         conn = self.conns[pid]
         if self.lanes is None:
@@ -205,6 +224,17 @@ class World:
 
 CHAT_HEADERS: list[dict[str, Any]] = [{"k": 1}, {"k": 1}, {"k": 1, "x": 1}, {"x": 1, "k": 1}]
 """The SDK's chat header; one with 'to' (added per message); two with an extra field."""
+
+
+@contextlib.contextmanager
+def hub_lanes(lanes: ModuleType) -> Iterator[None]:
+    """Hubs made meanwhile build their lanes from ``lanes`` (the twin or the compiled core)."""
+    restore = hub_module.MediaLane, hub_module.ChatLane
+    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        hub_module.MediaLane, hub_module.ChatLane = restore
 
 
 def media_message(track: int, m: int, seq: int, key: bool, size: int, *, extra: bool) -> bytes:
@@ -415,48 +445,26 @@ async def compare(lanes: ModuleType, actions: list[tuple[Any, ...]], seed: int) 
     agree. Returns how many frames the lanes took, and how many the Python path switched
     (it refuses the others)."""
     rng = random.Random(seed)
-    fast, slow = World(lanes), World(None)
-    python_path = fast.hub.switch
-    calls = switched = 0
-
-    def counted(conn: Any, data: Any) -> None:
-        nonlocal calls, switched
-        calls += 1
-        python_path(conn, data)  # raises for a refused frame
-        switched += 1
-
-    fast.hub.switch = counted  # type: ignore[method-assign]
-    restore = hub_module.MediaLane, hub_module.ChatLane
-    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
-    try:
-        for action in [*actions, ("turn",)]:
-            key = rng.randbytes(4)
-            for world in (fast, slow):
-                apply(world, action, key)
-            assert fast.state() == slow.state(), action
-    finally:
-        hub_module.MediaLane, hub_module.ChatLane = restore
-        for world in (fast, slow):
-            for conn in world.conns.values():
-                conn.abort()
-    return sum(1 for a in actions if a[0] in ("frame", "chat")) - calls, switched
+    with hub_lanes(lanes):
+        fast, slow = World(lanes), World(None)
+        try:
+            for action in [*actions, ("turn",)]:
+                key = rng.randbytes(4)
+                for world in (fast, slow):
+                    apply(world, action, key)
+                assert fast.state() == slow.state(), action
+        finally:
+            fast.close()
+            slow.close()
+    frames = sum(1 for a in actions if a[0] in ("frame", "chat"))
+    return frames - fast.python_path_calls, fast.python_path_switched
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
 async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> None:
     # The common case, spelled out: the second frame of a track goes through its lane.
-    restore = hub_module.MediaLane, hub_module.ChatLane
-    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
-    try:
+    with hub_lanes(lanes):
         world = World(lanes)
-        python_path = world.hub.switch
-        calls = []
-
-        def counted(conn: Any, data: Any) -> None:
-            calls.append(len(data))
-            python_path(conn, data)
-
-        world.hub.switch = counted  # type: ignore[method-assign]
         for seq in range(3):
             world.send(
                 1,
@@ -464,10 +472,8 @@ async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> No
                 b"\x01\x02\x03\x04",
             )
         world.flush()
-    finally:
-        hub_module.MediaLane, hub_module.ChatLane = restore
     conn = world.conns[1]
-    assert len(calls) == 1  # the first frame taught the lane; the others went through it
+    assert world.python_path_calls == 1  # the first frame taught the lane; the others took it
     assert len(conn.lanes) == 1
     assert isinstance(conn.lanes[0], lanes.MediaLane)
     for pid in (2, 3, 4):
@@ -489,30 +495,17 @@ async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> No
         ]
     frames_in, nbytes, deliveries, dropped, _, _ = world.state()["features"]["video"]
     assert (frames_in, nbytes, deliveries, dropped) == (3, 300, 9, 0)
-    for conn in world.conns.values():
-        conn.abort()
+    world.close()
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
 async def test_a_lane_switches_and_counts_chat_to_everyone(lanes: ModuleType) -> None:
-    restore = hub_module.MediaLane, hub_module.ChatLane
-    hub_module.MediaLane, hub_module.ChatLane = lanes.MediaLane, lanes.ChatLane  # type: ignore[attr-defined]
-    try:
+    with hub_lanes(lanes):
         world = World(lanes)
-        python_path = world.hub.switch
-        calls = []
-
-        def counted(conn: Any, data: Any) -> None:
-            calls.append(len(data))
-            python_path(conn, data)
-
-        world.hub.switch = counted  # type: ignore[method-assign]
         for n in range(3):
             world.send(2, msgpack.packb({"k": 1}) + f"hello {n}".encode(), b"\x05\x06\x07\x08")
         world.flush()
-    finally:
-        hub_module.MediaLane, hub_module.ChatLane = restore
-    assert len(calls) == 1  # the first message taught the lane its header
+    assert world.python_path_calls == 1  # the first message taught the lane its header
     (lane,) = world.conns[2].lanes
     assert isinstance(lane, lanes.ChatLane)
     forwarded = msgpack.packb({"k": 1, "from": 2})
@@ -524,5 +517,4 @@ async def test_a_lane_switches_and_counts_chat_to_everyone(lanes: ModuleType) ->
     assert world.sinks[2].writes == []
     frames_in, nbytes, deliveries, dropped, _, _ = world.state()["features"]["chat"]
     assert (frames_in, nbytes, deliveries, dropped) == (3, 21, 9, 0)
-    for conn in world.conns.values():
-        conn.abort()
+    world.close()

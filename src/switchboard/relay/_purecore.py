@@ -163,7 +163,7 @@ class ConnectionCore:
     _pending: list[bytes]
     _outbox: Outbox
     participant: Participant | None
-    lanes: tuple[Lane, ...]
+    lanes: tuple[ChatLane | MediaLane, ...]
     """This sender's lanes: its chat to everyone, and one per media track (see :class:`Lane`)."""
 
     if TYPE_CHECKING:
@@ -423,11 +423,6 @@ class Lane:
         self._role: Role | None = None
         self._webinar: bool | None = None
 
-    def take(self, conn: ConnectionCore, data: bytes) -> bool:
-        """Switch the binary message ``data`` from ``conn`` if it is this lane's; whether it
-        was (switched, or dropped on purpose)."""
-        raise NotImplementedError
-
     def _admit(self, sender: Participant, meeting: Any) -> bool:
         # The route's checks that change nothing: the meeting, presence, the rules table.
         if meeting.state is not _LIVE or sender.presence is not _HERE:
@@ -485,6 +480,8 @@ class ChatLane(Lane):
         self.head = head
 
     def take(self, conn: ConnectionCore, data: bytes) -> bool:
+        """Switch the binary message ``data`` from ``conn`` if it is this lane's; whether it
+        was."""
         prefix = self.prefix
         if data[: len(prefix)] != prefix:
             return False
@@ -524,6 +521,8 @@ class MediaLane(Lane):
         self._threshold = threshold
 
     def take(self, conn: ConnectionCore, data: bytes) -> bool:
+        """Switch the binary message ``data`` from ``conn`` if it is this track's; whether it
+        was (switched, or dropped because the track is muted)."""
         hit = read_media(self.layout, data)
         if hit is None:
             return False

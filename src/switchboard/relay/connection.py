@@ -49,42 +49,22 @@ from ..errors import Abuse, FrameError, ProtocolError, SwitchboardError
 from ..logs import frame_blind
 
 if TYPE_CHECKING or os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1":
-    from ._purecore import (
-        COMPILED,
-        ChatLane,
-        ConnectionCore,
-        Lane,
-        MediaLane,
-        Outbox,
-        binary_message,
-        fan_out,
-        fan_out_media,
-    )
+    from . import _purecore as _impl
 else:
     try:
-        from ._core import (
-            COMPILED,
-            ChatLane,
-            ConnectionCore,
-            Lane,
-            MediaLane,
-            Outbox,
-            binary_message,
-            fan_out,
-            fan_out_media,
-        )
+        from . import _core as _impl
     except ImportError:  # pragma: no cover - built without a C compiler
-        from ._purecore import (
-            COMPILED,
-            ChatLane,
-            ConnectionCore,
-            Lane,
-            MediaLane,
-            Outbox,
-            binary_message,
-            fan_out,
-            fan_out_media,
-        )
+        from . import _purecore as _impl
+
+COMPILED = _impl.COMPILED
+ChatLane = _impl.ChatLane
+ConnectionCore = _impl.ConnectionCore
+Lane = _impl.Lane
+MediaLane = _impl.MediaLane
+Outbox = _impl.Outbox
+binary_message = _impl.binary_message
+fan_out = _impl.fan_out
+fan_out_media = _impl.fan_out_media
 
 if TYPE_CHECKING:
     from ..core.meeting import Participant
@@ -150,12 +130,11 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         "_join_started",
         "_join_task",
         "_join_timer",
-        "_media_lanes",
         "_pump_timer",
         "bulk_limit",
         "hub",
         "layout_misses",
-        "layouts",
+        "media_lanes",
         "repeat",
         "room",
         "send_buffer",
@@ -195,10 +174,9 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
-        self.layouts: tuple[wire.MediaLayout, ...] = ()
-        """The layouts of this participant's media headers, one per track, newest last."""
-        self._media_lanes: tuple[MediaLane, ...] = ()
-        """The same, as the core's lanes that switch those tracks' frames."""
+        self.media_lanes: tuple[MediaLane, ...] = ()
+        """The core's lanes for this participant's media tracks, one per header layout
+        (:func:`wire.media_layout`), newest last."""
         self._chat_lane: ChatLane | None = None
         """The core's lane for this participant's chat to everyone under its last header."""
         self.lanes = ()
@@ -426,10 +404,14 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         if layout is None:
             self.layout_misses += 1
         else:
-            self.layouts = (*self.layouts[1 - _LAYOUTS :], layout)
             lane = self.hub.media_lane(layout, self.participant.pid)
-            self._media_lanes = (*self._media_lanes[1 - _LAYOUTS :], lane)
+            self.media_lanes = (*self.media_lanes[1 - _LAYOUTS :], lane)
             self._offer_lanes()
+
+    @property
+    def layouts(self) -> tuple[wire.MediaLayout, ...]:
+        """The layouts of this participant's media headers (its lanes'), newest last."""
+        return tuple(lane.layout for lane in self.media_lanes)
 
     def learn_chat(self, prefix: bytes, head: bytes) -> None:
         """Switch this participant's next chat messages to everyone whose header is
@@ -445,7 +427,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
     def _offer_lanes(self) -> None:
         # Media first: at tens of frames a second per track they are most of what comes.
         chat = self._chat_lane
-        self.lanes = (*self._media_lanes, chat) if chat is not None else self._media_lanes
+        self.lanes = (*self.media_lanes, chat) if chat is not None else self.media_lanes
 
     # outbound
 

@@ -545,8 +545,8 @@ class Hub:
         #   one's header has that header: its parse and forwarded header are reused.
         repeat = conn.repeat
         hit = None
-        for layout in conn.layouts:
-            hit = wire.read_media(layout, data)
+        for lane in conn.media_lanes:
+            hit = wire.read_media(lane.layout, data)
             if hit is not None:
                 break
         if hit is not None:
