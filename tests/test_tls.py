@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from switchboard.client import ApiClient, Chat, Participant, tls_context
 from switchboard.node import Node
+from switchboard.relay.tls import read_ahead, set_read_ahead
 
 from .conftest import TIMEOUT, ServeProcess, host_add, make_settings, next_event
 
@@ -98,6 +99,20 @@ async def test_tls12_works_with_an_intermediate_cipher_only(node: Node) -> None:
     for port in _ports(node):
         with pytest.raises(ssl.SSLError):
             await asyncio.to_thread(_handshake, port, weak)
+
+
+async def test_only_the_relay_context_reads_ahead(node: Node) -> None:
+    # The relay's transport reads on after the handshake and after a cut-short
+    # read, so OpenSSL may read ahead there; asyncio's SSL (the API) stalled with it.
+    assert node.tls is not None
+    assert read_ahead(node.tls.relay_context)
+    assert not read_ahead(node.tls.context)
+    assert node.tls.context.options == node.tls.relay_context.options
+    assert node.tls.context.minimum_version == node.tls.relay_context.minimum_version
+    fresh = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert not read_ahead(fresh)
+    assert set_read_ahead(fresh)
+    assert read_ahead(fresh)
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])

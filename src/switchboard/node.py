@@ -205,7 +205,7 @@ class Node:
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_daily())
         self._relay = await start_relay(
             self._hub,
-            self.tls.context,
+            self.tls.relay_context,
             relay_sock,
             max_size=s.max_frame_bytes,
             join_timeout=s.join_timeout,

@@ -8,13 +8,17 @@ context.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 
 from .connection import WS_PATH, BufferedRelayConnection, RelayConnection
 from .hub import Hub, Room
+from .tls import set_read_ahead
 
 __all__ = ["WS_PATH", "Hub", "RelayConnection", "Room", "start_relay"]
+
+log = logging.getLogger(__name__)
 
 _SOCKET_BIO = "_aiofastnet_force_socket_bio"
 """Set on the context, aiofastnet's OpenSSL reads and writes the socket itself.
@@ -46,11 +50,14 @@ async def start_relay(
 ) -> asyncio.Server:
     """Serve meeting clients on ``sock`` over TLS; every connection goes to ``hub``.
 
+    With aiofastnet, ``context`` is changed for the relay (socket BIO,
+    read-ahead), so it must be the relay's own (``ServerTLS.relay_context``).
+
     ``transport`` picks who drives TLS: ``aiofastnet`` (a Cython transport
     that calls OpenSSL directly, with fewer copies and calls per record, and
-    OpenSSL on the socket itself, see :data:`_SOCKET_BIO`; the default, measured
+    OpenSSL on the socket itself, see :data:`_SOCKET_BIO`, reading ahead; the default, measured
     cheaper per delivery and per idle connection) or ``asyncio`` (the loop's own
-    SSL protocol). Both serve the same :class:`ssl.SSLContext`, so versions,
+    SSL protocol). Both serve a context made like the API's, so versions,
     ciphers and certificate reloads are the same.
     """
     loop = asyncio.get_running_loop()
@@ -70,8 +77,12 @@ async def start_relay(
     if transport == "aiofastnet":
         import aiofastnet
 
-        # One context serves both listeners; the loop's SSL (the API) ignores the flag.
         setattr(context, _SOCKET_BIO, True)
+        # One read per record instead of header and body; the connection reads
+        # on after a read it cut short (``_read_cut_short``), aiofastnet after
+        # the handshake. A setting of the whole context: hence the relay's own.
+        if not set_read_ahead(context):
+            log.warning("tls read-ahead unavailable: two reads per TLS record")
 
         server: asyncio.Server = await aiofastnet.create_server(
             loop, factory, sock=sock, ssl=context, ssl_handshake_timeout=join_timeout, backlog=1024

@@ -234,6 +234,14 @@ cdef class ConnectionCore:
             self._feed(_READ_PTR, nbytes)
         else:
             self._receive(PyBytes_FromStringAndSize(<char*>_READ_PTR, nbytes))
+        if nbytes == _READ_SIZE:
+            self._read_cut_short()
+
+    def _read_cut_short(self):
+        """The transport stopped reading for this turn: read on soon (see ``_purecore``)."""
+        retry = getattr(self.transport, "_retry_ssl_read", None)
+        if retry is not None:
+            _get_running_loop().call_soon(retry)
 
     def _read_frames(self, data):
         """Read the frames in ``data`` (see ``_purecore.ConnectionCore._read_frames``)."""

@@ -211,6 +211,21 @@ class ConnectionCore:
                 f"the transport reported {nbytes} bytes in a {len(READ_BUFFER)}-byte buffer"
             )
         self.data_received(READ_BUFFER[:nbytes])
+        if nbytes == len(READ_BUFFER):
+            self._read_cut_short()
+
+    def _read_cut_short(self) -> None:
+        """The transport filled the whole buffer, so it stops reading for this turn: read on soon.
+
+        aiofastnet reads at most one buffer per connection per turn, and the
+        socket's readiness brings it back for the rest. With OpenSSL's
+        read-ahead (``relay.tls.set_read_ahead``) the rest may already sit in
+        OpenSSL's own buffer instead, where no readiness event announces it: a
+        large document could wait for the client's next frame.
+        """
+        retry = getattr(self.transport, "_retry_ssl_read", None)
+        if retry is not None:
+            asyncio.get_running_loop().call_soon(retry)
 
     def _read_frames(self, data: bytes | bytearray | memoryview) -> None:
         """Read the frames in ``data``: a whole binary message goes straight to the hub.

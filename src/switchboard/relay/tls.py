@@ -1,4 +1,4 @@
-"""TLS for every listener: one server context, a generated local CA, reload on SIGHUP.
+"""TLS for every listener: server contexts, a generated local CA, reload on SIGHUP.
 
 There is no plaintext listener anywhere in switchboard. When no certificate is
 configured, the first start creates a private CA and a server certificate
@@ -6,9 +6,11 @@ signed by it under ``<data_dir>/tls`` (keys readable by the owner only) and
 reuses them on later starts; clients trust ``ca.pem``. A production deployment
 points ``tls_cert``/``tls_key`` at real files instead.
 
-Both listeners (wss and https) share one :class:`ssl.SSLContext`. Reloading
-loads the new chain into that same context: handshakes after the reload use
-the new certificate, and established connections are not touched.
+Each listener (wss and https) has its own :class:`ssl.SSLContext`, made by the
+same code with the same policy, because the relay sets context-wide OpenSSL
+options the API's TLS must not get (see :func:`set_read_ahead`). Reloading
+loads the new chain into both: handshakes after the reload use the new
+certificate, and established connections are not touched.
 
 Protocol policy follows Mozilla's "intermediate" profile: TLS 1.2 minimum,
 TLS 1.3 preferred, forward-secret AEAD ciphers only, no compression, no
@@ -17,6 +19,8 @@ renegotiation.
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import datetime as dt
 import ipaddress
 import os
@@ -37,6 +41,8 @@ __all__ = [
     "CertPaths",
     "ServerTLS",
     "ensure_local_ca",
+    "read_ahead",
+    "set_read_ahead",
 ]
 
 MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
@@ -204,18 +210,74 @@ def _leaf_is_current(cert_path: Path, key_path: Path, host: str, now: dt.datetim
     return wanted in san
 
 
+_SSL_CTRL_GET_READ_AHEAD = 40
+_SSL_CTRL_SET_READ_AHEAD = 41  # SSL_CTX_set_read_ahead is a macro over SSL_CTX_ctrl
+
+
+def set_read_ahead(context: ssl.SSLContext) -> bool:
+    """Let OpenSSL read ahead on connections made from ``context``; True if it now does.
+
+    With the relay's socket BIO (``relay/__init__.py``), OpenSSL reads the
+    socket itself, and by default it reads a record's 5-byte header and then
+    its body: two ``read`` calls per record. Read-ahead makes it one read of
+    whatever the socket holds. The catch is that OpenSSL may then hold
+    records no readiness event will announce, so the transport must read again
+    after the handshake (aiofastnet does) and after a read it cut short (the
+    relay's connection does, see ``ConnectionCore.buffer_updated``). asyncio's
+    own SSL does neither, which is why the API gets a context without it.
+    """
+    _ctrl(context, _SSL_CTRL_SET_READ_AHEAD, 1)
+    return read_ahead(context)
+
+
+def read_ahead(context: ssl.SSLContext) -> bool:
+    """Whether OpenSSL reads ahead on connections made from ``context``."""
+    return _ctrl(context, _SSL_CTRL_GET_READ_AHEAD, 0) == 1
+
+
+def _ctrl(context: ssl.SSLContext, op: int, arg: int) -> int | None:
+    """``SSL_CTX_ctrl`` on the context's ``SSL_CTX``; None if that cannot be done safely.
+
+    The standard library has no read-ahead setter. The pointer is read from
+    CPython's object layout (``PySSLContext`` starts with ``PyObject_HEAD``, then
+    ``SSL_CTX *ctx``), as aiofastnet reads it, and checked first: OpenSSL's
+    options for it must equal ``context.options``.
+    """
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        ctrl = lib.SSL_CTX_ctrl
+        get_options = lib.SSL_CTX_get_options
+    except (AttributeError, OSError):  # _ssl built in, or OpenSSL without the symbols
+        return None
+    ctrl.restype = ctypes.c_long
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    get_options.argtypes = [ctypes.c_void_p]
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or get_options(pointer) != context.options:
+        return None
+    return int(ctrl(pointer, op, arg, None))
+
+
+def _server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(MOZILLA_INTERMEDIATE_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.options |= ssl.OP_SINGLE_ECDH_USE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 class ServerTLS:
-    """The one server-side TLS context of a process, and how to reload it."""
+    """The server-side TLS contexts of a process (API and relay), and how to reload them."""
 
     def __init__(self, paths: CertPaths) -> None:
         self.paths = paths
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_ciphers(MOZILLA_INTERMEDIATE_CIPHERS)
-        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-        ctx.options |= ssl.OP_SINGLE_ECDH_USE
-        ctx.set_alpn_protocols(["http/1.1"])
-        self.context = ctx
+        self.context = _server_context()
+        """The HTTPS API's context (the event loop's SSL)."""
+        self.relay_context = _server_context()
+        """The relay's: the same policy and certificate, plus what ``start_relay`` sets."""
         self.reload()
 
     def reload(self) -> None:
@@ -227,7 +289,8 @@ class ServerTLS:
         """
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.paths.cert, self.paths.key)
-            self.context.load_cert_chain(self.paths.cert, self.paths.key)
+            for context in (self.context, self.relay_context):
+                context.load_cert_chain(self.paths.cert, self.paths.key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
                 f"cannot load TLS certificate {self.paths.cert} / key {self.paths.key}: {exc}"
