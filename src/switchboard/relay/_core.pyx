@@ -188,7 +188,9 @@ cdef class Outbox:
 cdef class ConnectionCore:
     """The hot state and hot methods of a relay connection (see ``RelayConnection``)."""
 
-    cdef public object transport
+    cdef object _transport
+    cdef object _write_out  # the transport's write, bound once (write_nocheck where offered)
+    cdef public Py_ssize_t unsent
     cdef public object proto
     cdef public bint open
     cdef public Py_ssize_t pending_bytes
@@ -206,6 +208,17 @@ cdef class ConnectionCore:
         self._pending = []
         self.lanes = ()
         self.last_rx = _monotonic()
+
+    @property
+    def transport(self):
+        """The connection's transport; None before it is made and once it is lost."""
+        return self._transport
+
+    @transport.setter
+    def transport(self, value):
+        self._transport = value
+        self._write_out = None if value is None else getattr(value, "write_nocheck", value.write)
+        self.unsent = 0
 
     # reading
 
@@ -360,15 +373,16 @@ cdef class ConnectionCore:
         cdef list pending = self._pending
         if not pending:
             return 0
-        transport = self.transport
+        transport = self._transport
         if transport is None or transport.is_closing():
             pending.clear()
             self.pending_bytes = 0
             return 0
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._write_out(pending[0] if len(pending) == 1 else b"".join(pending))
         pending.clear()
         self.pending_bytes = 0
-        if transport.get_write_buffer_size() > self.write_limit:
+        self.unsent = transport.get_write_buffer_size()
+        if self.unsent > self.write_limit:
             self._too_slow()
         return 0
 
@@ -420,10 +434,12 @@ cdef int _media_fan_out(
             continue
         if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(me, track, m):
             continue
-        transport = other.transport
         backlog = other.pending_bytes
-        if transport is not None:
-            backlog += <Py_ssize_t>transport.get_write_buffer_size()
+        if other.unsent:  # else the transport holds nothing: it only grows by a write
+            transport = other._transport
+            if transport is not None:
+                other.unsent = transport.get_write_buffer_size()
+                backlog += other.unsent
         waiting = receiver.awaiting_key
         if keyed and waiting and stream in waiting:
             if not key or backlog > threshold:

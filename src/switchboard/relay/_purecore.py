@@ -140,6 +140,7 @@ class ConnectionCore:
         "_outbox",
         "_partial",
         "_pending",
+        "_transport",
         "lanes",
         "last_rx",
         "max_size",
@@ -147,11 +148,13 @@ class ConnectionCore:
         "participant",
         "pending_bytes",
         "proto",
-        "transport",
+        "unsent",
         "write_limit",
     )
 
-    transport: asyncio.Transport | None
+    _transport: asyncio.Transport | None
+    unsent: int
+    """What the transport held unsent after the last write to it (see :func:`fan_out_media`)."""
     proto: ServerProtocol
     open: bool
     pending_bytes: int
@@ -184,6 +187,16 @@ class ConnectionCore:
         room: Room | None
 
         def abort(self) -> None: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The connection's transport; None before it is made and once it is lost."""
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: asyncio.Transport | None) -> None:
+        self._transport = value
+        self.unsent = 0  # a new transport holds nothing
 
     # reading
 
@@ -332,7 +345,8 @@ class ConnectionCore:
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         pending.clear()
         self.pending_bytes = 0
-        if transport.get_write_buffer_size() > self.write_limit:
+        self.unsent = transport.get_write_buffer_size()
+        if self.unsent > self.write_limit:
             self._too_slow()
 
 
@@ -363,6 +377,13 @@ def fan_out_media(
     ``threshold`` does not get the frame. For video and screen (``keyed``) it then
     waits for the next keyframe of this ``stream`` and the sender is asked for one:
     frames that depend on a dropped one are worth nothing to it.
+
+    The transport is asked for its buffer only when it held something after the
+    last write (``unsent``): a transport's buffer grows only by writes, and each
+    write to it (``flush_pending``, the bulk pump, websockets' own frames) notes
+    what it left. Asking every transport for every frame was a method lookup and
+    call per delivery, a few per cent of an audio delivery. Bytes OpenSSL writes
+    of its own accord (a key update's answer) are seen at the next write.
     """
     deliveries = dropped = 0
     ask = False
@@ -374,10 +395,12 @@ def fan_out_media(
             continue
         if (receiver.media_off or receiver.unsubscribed) and not receiver.wants(me, track, m):
             continue
-        transport = other.transport
-        backlog = other.pending_bytes + (
-            transport.get_write_buffer_size() if transport is not None else 0
-        )
+        backlog = other.pending_bytes
+        if other.unsent:
+            transport = other.transport
+            if transport is not None:
+                other.unsent = transport.get_write_buffer_size()
+                backlog += other.unsent
         waiting = receiver.awaiting_key
         if keyed and waiting and stream in waiting:
             if not key or backlog > threshold:

@@ -171,7 +171,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         self.open = False
         """Frames may be written: the handshake is done and no close has started."""
         self._pump_timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.room: Room | None = None
         self.participant: Participant | None = None
         self.media_lanes: tuple[MediaLane, ...] = ()
@@ -516,6 +516,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
             message = bulk.popleft()
             self._bulk_bytes -= len(message)
             transport.write(message)
+        self.unsent = transport.get_write_buffer_size()
         if bulk and self._pump_timer is None:
             self._pump_timer = asyncio.get_running_loop().call_later(_BULK_PUMP_DELAY, self._pump)
 
@@ -560,6 +561,7 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
             else:
                 transport.close()  # EOF: TLS cannot half-close, so close after flushing
                 return
+        self.unsent = transport.get_write_buffer_size()
         if self.proto.close_expected() and self._close_timer is None:
             self._close_timer = asyncio.get_running_loop().call_later(close_timeout, self._abort)
 
