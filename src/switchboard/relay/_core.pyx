@@ -189,7 +189,11 @@ cdef class ConnectionCore:
     """The hot state and hot methods of a relay connection (see ``RelayConnection``)."""
 
     cdef object _transport
-    cdef object _write_out  # the transport's write, bound once (write_nocheck where offered)
+    # The transport's methods a flush calls, bound once per transport rather than
+    # looked up per receiver per turn (write_nocheck where offered: no thread check).
+    cdef object _write_out
+    cdef object _is_closing
+    cdef object _unsent_now
     cdef public Py_ssize_t unsent
     cdef public object proto
     cdef public bint open
@@ -217,7 +221,12 @@ cdef class ConnectionCore:
     @transport.setter
     def transport(self, value):
         self._transport = value
-        self._write_out = None if value is None else getattr(value, "write_nocheck", value.write)
+        if value is None:
+            self._write_out = self._is_closing = self._unsent_now = None
+        else:
+            self._write_out = getattr(value, "write_nocheck", value.write)
+            self._is_closing = value.is_closing
+            self._unsent_now = value.get_write_buffer_size
         self.unsent = 0
 
     # reading
@@ -373,15 +382,14 @@ cdef class ConnectionCore:
         cdef list pending = self._pending
         if not pending:
             return 0
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        if self._transport is None or self._is_closing():
             pending.clear()
             self.pending_bytes = 0
             return 0
         self._write_out(pending[0] if len(pending) == 1 else b"".join(pending))
         pending.clear()
         self.pending_bytes = 0
-        self.unsent = transport.get_write_buffer_size()
+        self.unsent = self._unsent_now()
         if self.unsent > self.write_limit:
             self._too_slow()
         return 0
@@ -436,9 +444,8 @@ cdef int _media_fan_out(
             continue
         backlog = other.pending_bytes
         if other.unsent:  # else the transport holds nothing: it only grows by a write
-            transport = other._transport
-            if transport is not None:
-                other.unsent = transport.get_write_buffer_size()
+            if other._transport is not None:
+                other.unsent = other._unsent_now()
                 backlog += other.unsent
         waiting = receiver.awaiting_key
         if keyed and waiting and stream in waiting:
