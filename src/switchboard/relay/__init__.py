@@ -26,10 +26,10 @@ _SOCKET_BIO = "_aiofastnet_force_socket_bio"
 Without it each connection gets two memory BIOs of 256 KiB, and an idle
 connection keeps at least a page of each resident: measured 32-34 KiB per idle
 connection against 19 KiB with the socket BIO (5,000 participants, the ``idle``
-benchmark), and 238 against 169 MiB peak in ``chat``. The price is two more
-``read`` calls per inbound TLS record (OpenSSL reads the record header, then
-the body, then finds the socket empty), which measured within the run-to-run
-noise of CPU per delivery in chat, audio and video. aiofastnet reads the flag
+benchmark), and 238 against 169 MiB peak in ``chat``. The price is a ``read``
+per wake that finds the socket empty, and without read-ahead
+(:func:`~switchboard.relay.tls.set_read_ahead`, set by :func:`start_relay`)
+another per record, for its 5-byte header. aiofastnet reads the flag
 with ``getattr(context, name, False)``: should a release drop it, connections go
 back to memory BIOs, which behave the same and cost more memory, and
 ``tests/test_relay_transport.py`` fails on the memory.
