@@ -55,8 +55,8 @@ async def start_relay(
 
     ``transport`` picks who drives TLS: ``aiofastnet`` (a Cython transport
     that calls OpenSSL directly, with fewer copies and calls per record, and
-    OpenSSL on the socket itself, see :data:`_SOCKET_BIO`, reading ahead; the default, measured
-    cheaper per delivery and per idle connection) or ``asyncio`` (the loop's own
+    OpenSSL on the socket itself and reading ahead, see :data:`_SOCKET_BIO`; the
+    default, measured cheaper per delivery and per idle connection) or ``asyncio`` (the loop's own
     SSL protocol). Both serve a context made like the API's, so versions,
     ciphers and certificate reloads are the same.
     """
