@@ -189,8 +189,9 @@ cdef class ConnectionCore:
     """The hot state and hot methods of a relay connection (see ``RelayConnection``)."""
 
     cdef object _transport
-    # The transport's methods a flush calls, bound once per transport rather than
-    # looked up per receiver per turn (write_nocheck where offered: no thread check).
+    # The transport class's methods a flush calls, called with the transport: no
+    # lookup per receiver per turn, and no bound-method object per connection for
+    # the collector to walk (write_nocheck where offered: no thread check).
     cdef object _write_out
     cdef object _is_closing
     cdef object _unsent_now
@@ -224,9 +225,10 @@ cdef class ConnectionCore:
         if value is None:
             self._write_out = self._is_closing = self._unsent_now = None
         else:
-            self._write_out = getattr(value, "write_nocheck", value.write)
-            self._is_closing = value.is_closing
-            self._unsent_now = value.get_write_buffer_size
+            kind = type(value)
+            self._write_out = getattr(kind, "write_nocheck", kind.write)
+            self._is_closing = kind.is_closing
+            self._unsent_now = kind.get_write_buffer_size
         self.unsent = 0
 
     # reading
@@ -382,14 +384,15 @@ cdef class ConnectionCore:
         cdef list pending = self._pending
         if not pending:
             return 0
-        if self._transport is None or self._is_closing():
+        transport = self._transport
+        if transport is None or self._is_closing(transport):
             pending.clear()
             self.pending_bytes = 0
             return 0
-        self._write_out(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._write_out(transport, pending[0] if len(pending) == 1 else b"".join(pending))
         pending.clear()
         self.pending_bytes = 0
-        self.unsent = self._unsent_now()
+        self.unsent = self._unsent_now(transport)
         if self.unsent > self.write_limit:
             self._too_slow()
         return 0
@@ -445,7 +448,7 @@ cdef int _media_fan_out(
         backlog = other.pending_bytes
         if other.unsent:  # else the transport holds nothing: it only grows by a write
             if other._transport is not None:
-                other.unsent = other._unsent_now()
+                other.unsent = other._unsent_now(other._transport)
                 backlog += other.unsent
         waiting = receiver.awaiting_key
         if keyed and waiting and stream in waiting:
