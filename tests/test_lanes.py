@@ -499,6 +499,39 @@ async def test_a_lane_switches_and_counts_a_plain_frame(lanes: ModuleType) -> No
 
 
 @pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
+async def test_a_participant_on_every_track_it_may_publish_keeps_a_lane_for_each(
+    lanes: ModuleType,
+) -> None:
+    # Simulcast and screen sharing add tracks: with fewer lanes kept than tracks sent in
+    # turn, each frame would evict the lane the next one needs and go the Python path.
+    with hub_lanes(lanes):
+        world = World(lanes)
+        meeting = world.meeting
+        tracks = LIMITS.max_tracks
+        for track in range(3, tracks + 1):
+            meeting.apply(
+                meeting.participants[1],
+                "publish",
+                {"track": track, "m": int(Media.AUDIO), "on": True},
+                world.clock.now,
+            )
+        media = {1: Media.VIDEO}
+        for seq in range(3):
+            for track in range(1, tracks + 1):
+                world.clock.now += 0.05  # within the media rate limit
+                m = int(media.get(track, Media.AUDIO))
+                world.send(
+                    1, media_message(track, m, seq, True, 50, extra=False), b"\x01\x02\x03\x04"
+                )
+            world.flush()
+    assert world.python_path_calls == tracks  # each track's first frame only
+    assert sorted(lane.track for lane in world.conns[1].media_lanes) == list(range(1, tracks + 1))
+    frames_in = sum(world.state()["features"][f][0] for f in ("audio", "video"))
+    assert frames_in == 3 * tracks
+    world.close()
+
+
+@pytest.mark.parametrize("lanes", LANES, ids=lambda m: m.__name__.split(".")[-1])
 async def test_a_lane_switches_and_counts_chat_to_everyone(lanes: ModuleType) -> None:
     with hub_lanes(lanes):
         world = World(lanes)

@@ -93,8 +93,6 @@ _SLOW_CLOSE_TIMEOUT = 1.0
 _BULK_HIGH = 128 * 1024
 """Document frames wait in the bulk queue while more than this is buffered for the socket."""
 _BULK_PUMP_DELAY = 0.02
-_LAYOUTS = 4
-"""Media header layouts kept per connection: one per track a participant sends."""
 _LAYOUT_MISSES = 16
 
 
@@ -393,9 +391,11 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
         (see :func:`wire.read_media`), and the lane that switches the track's next
         frames in the core (see :meth:`Hub.media_lane`).
 
-        At most :data:`_LAYOUTS` are kept, the oldest giving way (a track republished
-        with another media type); a participant whose headers have no layout stops
-        being asked after :data:`_LAYOUT_MISSES` of them.
+        As many are kept as a participant may publish tracks (``Limits.max_tracks``),
+        the oldest giving way (a track republished with another media type): a
+        participant sending on more tracks than lanes kept would relearn a lane on
+        almost every frame. A participant whose headers have no layout stops being
+        asked after :data:`_LAYOUT_MISSES` of them.
         """
         if self.participant is None or self.layout_misses >= _LAYOUT_MISSES:
             return
@@ -405,7 +405,8 @@ class RelayConnection(ConnectionCore, asyncio.Protocol):
             self.layout_misses += 1
         else:
             lane = self.hub.media_lane(layout, self.participant.pid)
-            self.media_lanes = (*self.media_lanes[1 - _LAYOUTS :], lane)
+            kept = self.media_lanes
+            self.media_lanes = (*kept[max(0, len(kept) + 1 - self.hub.limits.max_tracks) :], lane)
             self._offer_lanes()
 
     @property
