@@ -30,6 +30,7 @@ from libc.string cimport memcmp, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import asyncio
+import contextvars
 import logging
 
 from websockets.protocol import State
@@ -154,17 +155,19 @@ cdef class Outbox:
     cdef list _dirty
     cdef bint _scheduled
     cdef object _flush  # self.flush, bound once rather than once per turn
+    cdef object _context  # see _purecore.Outbox
 
     def __cinit__(self):
         self._dirty = []
         self._scheduled = False
         self._flush = self.flush
+        self._context = contextvars.Context()
 
     cdef inline int _enlist(self, ConnectionCore conn) except -1:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            _get_running_loop().call_soon(self._flush)
+            _get_running_loop().call_soon(self._flush, context=self._context)
         return 0
 
     def enlist(self, ConnectionCore conn not None):

@@ -22,6 +22,7 @@ into: ``_receive``, ``_hand_over``, ``_on_message``, ``_switch_failed``,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import struct
 import time
@@ -103,18 +104,21 @@ class Outbox:
     the rest of the current turn, which the frames would wait for anyway.
     """
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_context", "_dirty", "_scheduled")
 
     def __init__(self) -> None:
         self._dirty: list[ConnectionCore] = []
         self._scheduled = False
+        self._context = contextvars.Context()
+        """The flush's: it reads no context variable, and a callback given none gets a
+        copy of the current context made for it, an allocation per turn."""
 
     def enlist(self, conn: ConnectionCore) -> None:
         """``conn`` has its first pending frame of this turn."""
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush, context=self._context)
 
     def flush(self) -> None:
         """Write every enlisted connection's pending frames."""
