@@ -20,9 +20,21 @@ from switchboard.client import DocumentReceived, MediaFrame, Participant, tls_co
 from switchboard.core.wire import Kind, Media
 from switchboard.node import Node
 
-from .conftest import TIMEOUT, ServeProcess, make_settings, signed_in_host
+from .conftest import TIMEOUT, Host, ServeProcess, make_settings, next_event, signed_in_host
 
 TRANSPORTS = ("aiofastnet", "asyncio")
+
+
+async def presenters(node: Node, n: int) -> tuple[Host, list[Participant]]:
+    """A signed-in host and ``n`` presenters seated in one new meeting of ``node``."""
+    host = await signed_in_host(node)
+    meeting = await host.meeting()
+    token = await host.invite(meeting, "presenter", max_uses=n)
+    people = [
+        await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
+        for _ in range(n)
+    ]
+    return host, people
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -30,11 +42,7 @@ async def test_every_accepted_socket_sends_without_nagle_delay(
     tmp_path: Path, transport: str
 ) -> None:
     async with Node(make_settings(tmp_path / "var", tls_transport=transport)) as node:
-        host = await signed_in_host(node)
-        meeting = await host.meeting()
-        token = await host.invite(meeting, "presenter", max_uses=2)
-        a = await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
-        b = await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
+        host, (a, b) = await presenters(node, 2)
         seated = [c for c in node.hub.connections if c.participant is not None]
         assert len(seated) == 2
         for conn in seated:
@@ -67,13 +75,7 @@ async def test_frames_coalesced_into_one_write_arrive_whole_and_in_order(
     tmp_path: Path, transport: str
 ) -> None:
     async with Node(make_settings(tmp_path / "var", tls_transport=transport)) as node:
-        host = await signed_in_host(node)
-        meeting = await host.meeting()
-        token = await host.invite(meeting, "presenter", max_uses=3)
-        people = [
-            await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
-            for _ in range(3)
-        ]
+        host, people = await presenters(node, 3)
         sender, other, reader = people
         await sender.publish(1, Media.AUDIO)
         await other.publish(1, Media.AUDIO)
@@ -108,23 +110,13 @@ async def test_a_burst_longer_than_one_read_arrives_whole_with_nothing_after_it(
     # burst ends at a different offset past the first buffer, and the sender
     # says nothing after it: a stranded tail would never arrive.
     async with Node(make_settings(tmp_path / "var", tls_transport=transport)) as node:
-        host = await signed_in_host(node)
-        meeting = await host.meeting()
-        token = await host.invite(meeting, "presenter", max_uses=2)
-        sender, reader = [
-            await Participant.join(node.relay_url, token, ca_file=node.ca_file, timeout=TIMEOUT)
-            for _ in range(2)
-        ]
+        host, (sender, reader) = await presenters(node, 2)
         for doc, tail in enumerate((1, 7, 1000, 5000, 9000, 16000, 17000, 40000)):
             data = bytes([doc]) * (256 * 1024 + tail)
             await sender.send(
                 Kind.DOCUMENT, data, op="chunk", doc=doc, seq=0, fin=True, size=len(data)
             )
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    event = await reader.recv()
-                    if isinstance(event, DocumentReceived):
-                        break
+            event = await next_event(reader, DocumentReceived)
             assert (event.doc, event.data) == (doc, data)
         await sender.leave()
         await reader.leave()
